@@ -1,0 +1,5 @@
+import sys
+
+from endorm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The ``endorm`` command line: one sub-command per pipeline stage.
+
+Each sub-command is a module with a ``Config`` dataclass (fields carry their help text in
+``metadata``) and a ``run(config)`` function. ``transformers.HfArgumentParser`` turns the dataclass
+into flags (``--batch-size`` and ``--batch_size`` both work), and ``--config FILE.yaml`` supplies
+defaults from YAML that flags on the command line override, as in TRL's scripts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+# name -> module holding Config and run(). Modules are imported only when their command runs.
+COMMANDS: dict[str, str] = {
+    "score": "endorm.commands.score",
+    "download": "endorm.commands.download",
+    "models": "endorm.commands.models",
+}
+
+
+def build_parser(config_cls: type, prog: str, description: str):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(config_cls, prog=prog, description=description)
+    parser.add_argument("--config", type=str, default=None, help="YAML file with default values for these flags")
+    return parser
+
+
+def parse_config(config_cls: type, argv: list[str], prog: str = "endorm", description: str = "") -> Any:
+    """Parse ``argv`` into ``config_cls``, with ``--config FILE.yaml`` giving the defaults."""
+    import yaml
+
+    parser = build_parser(config_cls, prog, description)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        data = yaml.safe_load(Path(pre.config).read_text()) or {}
+        if not isinstance(data, dict):
+            parser.error(f"{pre.config}: expected a mapping of field: value")
+        known = {f.dest for f in parser._actions}
+        unknown = sorted(k for k in data if k.replace("-", "_") not in known)
+        if unknown:
+            parser.error(f"{pre.config}: unknown field(s) {', '.join(unknown)}")
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in data.items()})
+        # a YAML value satisfies a required flag
+        for action in parser._actions:
+            if action.dest in {k.replace("-", "_") for k in data}:
+                action.required = False
+    (cfg, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    rest = [r for r in rest if r]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return cfg
+
+
+def _usage() -> str:
+    lines = ["usage: endorm <command> [--help] [flags]", "", "commands:"]
+    for name, mod in COMMANDS.items():
+        lines.append(f"  {name:<12} {_summary(mod)}")
+    return "\n".join(lines)
+
+
+def _summary(module_name: str) -> str:
+    try:
+        doc = importlib.import_module(module_name).__doc__ or ""
+    except ImportError as e:  # an optional extra is missing; still list the command
+        return f"(unavailable: {e})"
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from endorm import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"endorm: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name])
+    cfg = parse_config(module.Config, rest, prog=f"endorm {name}", description=module.__doc__ or "")
+    try:
+        code = module.run(cfg)
+    except KeyboardInterrupt:
+        print("interrupted; finished rows are saved, rerun with --resume to continue", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        print(f"endorm {name}: error: {e}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Batched generation and scoring for math evaluation: greedy (accuracy) or sampled (pass@k).
+
+pass@k uses the unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k) over n samples with
+c correct. Accuracy comes with a Wilson score interval, which stays inside [0, 1] at the few-percent
+accuracies of small models (the normal approximation does not).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+from endorm.mathx.data import MathProblem
+from endorm.mathx.grading import extract_answer, is_equiv
+
+__all__ = [
+    "PROMPT_TEMPLATES",
+    "build_prompt",
+    "generate_texts",
+    "pass_at_k",
+    "wilson_interval",
+    "evaluate_problems",
+]
+
+# suffixes appended to the question (the "boxed" one is the Qwen2.5-Math evaluation's CoT instruction)
+PROMPT_TEMPLATES: dict[str, str] = {
+    "boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    "gsm8k": "{question}\nSolve it step by step and end with the line '#### <number>'.",
+    "plain": "{question}",
+}
+
+
+def build_prompt(tokenizer, question: str, template: str = "boxed", system: str | None = None) -> str:
+    """The text fed to the model: the chat template with a generation prompt when the tokenizer has one."""
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}: use one of {', '.join(PROMPT_TEMPLATES)}")
+    user = PROMPT_TEMPLATES[template].format(question=question)
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return (f"{system}\n\n" if system else "") + f"Question: {user}\nAnswer:"
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[list[str]]:
+    """``num_samples`` completions per prompt (greedy when ``temperature`` is 0), left-padded batches."""
+    import torch
+
+    if temperature <= 0 and num_samples > 1:
+        raise ValueError("num_samples > 1 needs temperature > 0 (greedy decoding gives identical samples)")
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    try:
+        for chunk in _batches(list(prompts), max(1, batch_size // max(1, num_samples))):
+            enc = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                gen = model.generate(**enc, **kwargs)
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            for i in range(len(chunk)):
+                out.append(texts[i * num_samples : (i + 1) * num_samples])
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct."""
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and k >= 1 (got n={n}, c={c}, k={k})")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem (got {n})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% for z=1.96)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def evaluate_problems(
+    model,
+    tokenizer,
+    problems: Sequence[MathProblem],
+    template: str = "boxed",
+    system: str | None = None,
+    batch_size: int = 8,
+    **gen_kwargs,
+) -> Iterable[dict]:
+    """Yield one record per problem (question, answer, completions, extracted answers, correctness),
+    batch by batch so callers can write them as they come."""
+    for chunk in _batches(list(problems), batch_size):
+        prompts = [build_prompt(tokenizer, p.question, template, system) for p in chunk]
+        comps = generate_texts(model, tokenizer, prompts, batch_size=batch_size, **gen_kwargs)
+        for p, cs in zip(chunk, comps, strict=True):
+            preds = [extract_answer(c) for c in cs]
+            correct = [bool(is_equiv(pr, p.answer)) for pr in preds]
+            yield {
+                "id": p.id,
+                "source": p.source,
+                "answer": p.answer,
+                "completions": cs,
+                "predictions": preds,
+                "correct": correct,
+            }

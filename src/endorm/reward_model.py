@@ -1,0 +1,212 @@
+"""``EndogenousRewardModel``: score responses with the endogenous reward of a causal LM.
+
+Thin orchestration: ``endorm.chat`` turns rows into token ids, ``endorm.scoring`` runs the model to
+get log pi(a_t|s_t) and V(s_t) per response token, and ``endorm.rewards`` turns those into token
+rewards and the outcome reward.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from endorm import rewards as R
+from endorm.chat import Encoded, Example, Message, encode, end_token_ids
+from endorm.scoring import TokenStats, compute_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardConfig:
+    """How rewards are computed. Every field is also a flag of ``endorm score``."""
+
+    alpha: float = field(default=1.0, metadata={"help": "temperature alpha of the soft Q-function (> 0)"})
+    gamma: float = field(default=1.0, metadata={"help": "discount for the 'discounted' and 'logprob' aggregations"})
+    aggregation: str = field(
+        default="sum",
+        metadata={"help": "sum (the paper) | mean (per token) | discounted (gamma^(t-1) r_t) | logprob (no values)"},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "default system message / principle; a row's own 'system' overrides it"}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "context window in tokens (default: the model's); prompts are cut from the left"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "rows per forward pass"})
+    chunk_size: int = field(default=1024, metadata={"help": "positions per output-layer chunk (memory ~ chunk x vocab)"})
+    share_prompts: bool = field(default=True, metadata={"help": "run a prompt shared by several responses once"})
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in R.AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(R.AGGREGATIONS)}, got {self.aggregation!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.batch_size < 1 or self.chunk_size < 1:
+            raise ValueError("batch_size and chunk_size must be >= 1")
+
+
+@dataclass
+class TokenRewards:
+    """The token-level view of one response."""
+
+    tokens: list[str]  # decoded text of each response token
+    token_ids: list[int]
+    logprobs: list[float]  # log pi(a_t|s_t)
+    values: list[float]  # V(s_t)
+    rewards: list[float]  # r_t = alpha log pi + V(s_t) - V(s_{t+1})
+    total: float  # the outcome reward under the configured aggregation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EndogenousRewardModel:
+    """A causal LM read as a reward model (arXiv 2506.23235), no training involved.
+
+    >>> rm = EndogenousRewardModel.from_pretrained()          # SmolLM2-135M-Instruct
+    >>> rm.score(["What is the capital of France?"] * 2, ["Paris.", "Berlin."])
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: RewardConfig | None = None, **overrides: Any):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = replace(config or RewardConfig(), **overrides)
+        self._end_ids = end_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = int(pad if pad is not None else 0)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | None = None,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        aggregation: str = "sum",
+        system_prompt: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        **config: Any,
+    ) -> EndogenousRewardModel:
+        """Load a model (registry name, GGUF file, local dir or hub id; None = the default model)."""
+        from endorm.models import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(name_or_path, dtype=dtype, device=device)
+        return cls.from_model(model, tok, alpha=alpha, gamma=gamma, aggregation=aggregation,
+                              system_prompt=system_prompt, **config)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, **config: Any) -> EndogenousRewardModel:
+        return cls(model, tokenizer, RewardConfig(**config))
+
+    @property
+    def max_length(self) -> int | None:
+        return self.config.max_length or getattr(self.model.config, "max_position_embeddings", None)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode(self, example: Example) -> Encoded:
+        if example.system is None and self.config.system_prompt is not None:
+            if example.messages and example.messages[0].get("role") != "system":
+                example = replace(example, system=self.config.system_prompt)
+        return encode(self.tokenizer, example, self.max_length, self._end_ids)
+
+    def _examples(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        systems: Sequence[str | None] | None,
+    ) -> list[Example]:
+        if isinstance(prompts, str) or isinstance(responses, str):
+            raise TypeError("prompts and responses must be lists of strings (wrap a single one in a list)")
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        systems = list(systems) if systems is not None else [None] * len(prompts)
+        if len(systems) != len(prompts):
+            raise ValueError(f"{len(systems)} systems for {len(prompts)} prompts")
+        out = []
+        for i, (p, r, s) in enumerate(zip(prompts, responses, systems)):
+            for name, v in (("prompt", p), ("response", r)):
+                if not isinstance(v, str):
+                    raise TypeError(f"row {i}: {name} must be a string, got {type(v).__name__}")
+            out.append(Example.from_pair(p, r, s, row=i))
+        return out
+
+    # -- scoring ----------------------------------------------------------------------------
+    def stats(self, examples: Sequence[Example]) -> tuple[list[Encoded], list[TokenStats]]:
+        encoded = [self.encode(e) for e in examples]
+        c = self.config
+        stats = compute_stats(self.model, encoded, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
+                              pad_id=self._pad_id)
+        return encoded, stats
+
+    def outcome(self, stats: TokenStats) -> tuple[torch.Tensor, float]:
+        """Token rewards [n] and the aggregated outcome reward of one response."""
+        c = self.config
+        logp, vals = stats.logprobs[None], stats.values[None]  # [1, n]
+        mask = torch.ones_like(logp, dtype=torch.bool)  # [1, n]
+        r = R.token_rewards(logp, vals, mask, c.alpha)  # [1, n]
+        total = R.aggregate(r, logp, mask, c.aggregation, c.gamma, c.alpha)  # [1]
+        return r[0], float(total[0])
+
+    def score_examples(self, examples: Sequence[Example]) -> list[float]:
+        _, stats = self.stats(examples)
+        return [self.outcome(s)[1] for s in stats]
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        systems: Sequence[str | None] | None = None,
+        batch_size: int | None = None,
+    ) -> list[float]:
+        """Outcome rewards of ``responses[i]`` to ``prompts[i]`` (optional per-row system message)."""
+        rm = self if batch_size is None else self.with_config(batch_size=batch_size)
+        return rm.score_examples(self._examples(prompts, responses, systems))
+
+    def score_messages(
+        self, conversations: Sequence[list[Message]], systems: Sequence[str | None] | None = None
+    ) -> list[float]:
+        """Outcome rewards of the last (assistant) message of each conversation."""
+        systems = list(systems) if systems is not None else [None] * len(conversations)
+        return self.score_examples([Example(list(m), s, row=i) for i, (m, s) in enumerate(zip(conversations, systems))])
+
+    def token_rewards(
+        self,
+        prompt: str | None = None,
+        response: str | None = None,
+        system: str | None = None,
+        messages: list[Message] | None = None,
+    ) -> TokenRewards:
+        """Per-token log pi, V(s_t) and r_t of one response (give prompt+response, or messages)."""
+        if messages is None:
+            if prompt is None or response is None:
+                raise ValueError("give prompt and response, or messages")
+            example = Example.from_pair(prompt, response, system, row=0)
+        else:
+            example = Example(list(messages), system, row=0)
+        return self.token_rewards_examples([example])[0]
+
+    def token_rewards_examples(self, examples: Sequence[Example]) -> list[TokenRewards]:
+        _, stats = self.stats(examples)
+        out = []
+        for s in stats:
+            r, total = self.outcome(s)
+            out.append(TokenRewards(
+                tokens=[self.tokenizer.decode([t]) for t in s.token_ids],
+                token_ids=list(s.token_ids),
+                logprobs=s.logprobs.tolist(),
+                values=s.values.tolist(),
+                rewards=r.tolist(),
+                total=total,
+            ))
+        return out
+
+    def with_config(self, **overrides: Any) -> EndogenousRewardModel:
+        """The same weights with other settings (e.g. another system prompt or aggregation)."""
+        return EndogenousRewardModel(self.model, self.tokenizer, replace(self.config, **overrides))

@@ -1,0 +1,156 @@
+"""The endogenous reward (arXiv 2506.23235) as pure functions on tensors.
+
+A causal LM's logits f(s, .) are read as a soft Q-function. With temperature alpha:
+
+    V(s)         = alpha * logsumexp(f(s, .) / alpha)          soft value
+    log pi(a|s)  = (f(s, a) - V(s)) / alpha                    policy = softmax(f / alpha)
+    r(s_t, a_t)  = f(s_t, a_t) - V(s_{t+1})                    inverse soft Bellman operator
+                 = alpha * log pi(a_t|s_t) + V(s_t) - V(s_{t+1})
+    V(terminal)  = 0
+
+and summed with gamma = 1 the outcome reward telescopes to alpha * log pi(y|x) + V(s_1).
+
+Conventions: ``B`` batch, ``T`` positions, ``V`` vocabulary. ``mask`` marks the positions that are
+actions (response tokens); the response must be one contiguous run per row, and the state after its
+last token is terminal. Nothing here knows about models or tokenizers: ``endorm.scoring`` feeds these
+functions, and ``endorm.lab`` uses them on tabular policies.
+"""
+
+from __future__ import annotations
+
+import torch
+
+AGGREGATIONS = ("sum", "mean", "discounted", "logprob")
+
+
+def shift_logits_and_labels(
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Align next-token logits with the tokens they predict. The only place the one-token shift lives.
+
+    The logits at position p are f(s, .) for the state s = tokens[0..p]; they score token p+1::
+
+        input_ids      x0   x1   x2   y0   y1   y2=<eos>
+        position        0    1    2    3    4    5
+        state           s1 = x0..x2 -> logits[2] predict y0   (action a1)
+                        s2 = ..y0   -> logits[3] predict y1   (action a2)
+                        s3 = ..y1   -> logits[4] predict y2   (action a3)
+                        terminal    =  logits[5] is never used (V = 0)
+
+    Args:
+        logits: [B, T, V] (or hidden states [B, T, H]: anything indexed by position).
+        input_ids: [B, T] token ids.
+        response_mask: [B, T] bool, True on response tokens (the actions).
+    Returns:
+        (logits [B, T-1, V], labels [B, T-1], action_mask [B, T-1]): row p holds the state before
+        action labels[p]; action_mask[p] says whether that action is a response token.
+    """
+    states = logits[:, :-1]  # [B, T-1, V]: drop the last position, it predicts nothing we score
+    labels = input_ids[:, 1:]  # [B, T-1]: token p+1 is the action taken in state p
+    action_mask = response_mask[:, 1:].bool()  # [B, T-1]
+    return states, labels, action_mask
+
+
+def soft_values(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """V(s) = alpha * logsumexp(f(s, .) / alpha), in float32.
+
+    Args: logits [..., V]. Returns: [...].
+    """
+    _check_alpha(alpha)
+    return alpha * torch.logsumexp(logits.float() / alpha, dim=-1)  # [...]
+
+
+def action_logprobs(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """log pi(a|s) with pi = softmax(f / alpha), in float32.
+
+    Args: logits [..., V], labels [...] (int). Returns: [...].
+    """
+    _check_alpha(alpha)
+    scaled = logits.float() / alpha  # [..., V]
+    chosen = scaled.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [...]
+    return chosen - torch.logsumexp(scaled, dim=-1)  # [...]
+
+
+def next_state_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """V(s_{t+1}) for every action position: the value at the next action, 0 after the last one.
+
+    Args: values [B, T] = V(s_t) at action positions, mask [B, T] bool (one contiguous run per row).
+    Returns: [B, T], zero where mask is False.
+    """
+    nxt = torch.zeros_like(values)  # [B, T]
+    nxt[:, :-1] = values[:, 1:] * mask[:, 1:]  # the next position is a state only if it is an action
+    return nxt * mask  # terminal state (past the last action) has V = 0
+
+
+def token_rewards(
+    logprobs: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """r_t = alpha * log pi(a_t|s_t) + V(s_t) - V(s_{t+1}), V(terminal) = 0.
+
+    Args: logprobs [B, T], values [B, T] (V(s_t)), mask [B, T] bool. Returns: [B, T], 0 off the mask.
+    """
+    mask = mask.bool()
+    r = alpha * logprobs + values - next_state_values(values, mask)  # [B, T]
+    return torch.where(mask, r, torch.zeros_like(r))
+
+
+def token_rewards_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """r_t = f(s_t, a_t) - V(s_{t+1}) straight from (already shifted) logits.
+
+    Args: logits [B, T, V], labels [B, T], mask [B, T] bool. Returns: [B, T].
+    """
+    logp = action_logprobs(logits, labels, alpha)  # [B, T]
+    values = soft_values(logits, alpha)  # [B, T]
+    return token_rewards(logp, values, mask, alpha)
+
+
+def discount_weights(mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma^(t-1) for the t-th action of each row (t = 1 at the first response token).
+
+    Args: mask [B, T] bool. Returns: [B, T] float32, 0 off the mask.
+    """
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    mask = mask.bool()
+    t = torch.cumsum(mask.long(), dim=-1) - 1  # [B, T]: 0 at the first action
+    w = torch.pow(torch.full_like(t, gamma, dtype=torch.float32), t.clamp(min=0).float())
+    return torch.where(mask, w, torch.zeros_like(w))
+
+
+def aggregate(
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "sum",
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Outcome reward per row.
+
+    - ``sum``:        R = sum_t r_t                              (the paper; = alpha log pi(y|x) + V(s_1))
+    - ``mean``:       R = (1/n) sum_t r_t                        (n = number of response tokens)
+    - ``discounted``: R = sum_t gamma^(t-1) r_t
+    - ``logprob``:    R = sum_t gamma^(t-1) alpha log pi(a_t|s_t)   (no value terms)
+
+    ``sum`` and ``mean`` ignore gamma (they are the gamma = 1 forms).
+
+    Args: rewards [B, T], logprobs [B, T], mask [B, T] bool. Returns: [B].
+    """
+    mask = mask.bool()
+    if aggregation == "sum":
+        return (rewards * mask).sum(-1)  # [B]
+    if aggregation == "mean":
+        n = mask.sum(-1).clamp(min=1)  # [B]
+        return (rewards * mask).sum(-1) / n  # [B]
+    if aggregation == "discounted":
+        return (rewards * discount_weights(mask, gamma)).sum(-1)  # [B]
+    if aggregation == "logprob":
+        return (alpha * logprobs * discount_weights(mask, gamma)).sum(-1)  # [B]
+    raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")

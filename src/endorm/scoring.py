@@ -1,0 +1,214 @@
+"""Model forward passes that feed ``endorm.rewards``: per response token, log pi(a_t|s_t) and V(s_t).
+
+Memory: the decoder returns final hidden states [B, T, H]; the output layer is applied only at the
+response positions, ``chunk_size`` positions at a time, and each [chunk, vocab] block is reduced to
+log pi and logsumexp in float32 at once. Peak memory grows with chunk x vocabulary, never with
+batch x length x vocabulary.
+
+Shared prompts: responses to the same prompt (RM-Bench's six, best-of-N's N) reuse one key/value
+cache of the prompt, so the prompt is run once per group, not once per response.
+
+Every row gets explicit position ids, so scores do not depend on padding side or batch company.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from endorm.chat import Encoded
+from endorm.rewards import action_logprobs, shift_logits_and_labels, soft_values
+
+HeadFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TokenStats:
+    """Per response token of one example: the action ids, log pi(a_t|s_t) and V(s_t) (float32, CPU)."""
+
+    token_ids: list[int]
+    logprobs: torch.Tensor  # [n]
+    values: torch.Tensor  # [n]
+
+
+def output_head(model: torch.nn.Module) -> HeadFn:
+    """hidden [..., H] -> logits [..., V], including the final logit transforms some families apply."""
+    head = model.get_output_embeddings()
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", cfg) if getattr(cfg, "final_logit_softcapping", None) is None else cfg
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)  # Cohere multiplies
+    divide = getattr(cfg, "logits_scaling", None)  # Granite divides
+
+    def apply(h: torch.Tensor) -> torch.Tensor:
+        logits = head(h)
+        if scale is not None:
+            logits = logits * scale
+        if divide is not None:
+            logits = logits / divide
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return apply
+
+
+def reduce_chunked(
+    head: HeadFn, hidden: torch.Tensor, labels: torch.Tensor, alpha: float, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi and V for N states without materialising [N, V] logits.
+
+    Args: hidden [N, H] (states), labels [N] (actions). Returns: (logprobs [N], values [N]) float32.
+    """
+    logps, values = [], []
+    for i in range(0, hidden.shape[0], chunk_size):
+        logits = head(hidden[i : i + chunk_size]).float()  # [C, V]: the only vocabulary-sized tensor
+        logps.append(action_logprobs(logits, labels[i : i + chunk_size], alpha))  # [C]
+        values.append(soft_values(logits, alpha))  # [C]
+    if not logps:
+        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(logps), torch.cat(values)  # [N], [N]
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if dec is None or dec is model:
+        raise ValueError(f"{type(model).__name__} exposes no decoder (get_decoder); use full_logits=True")
+    return dec
+
+
+def pad_batch(
+    batch: Sequence[Encoded], pad_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad a batch. Returns input_ids, attention_mask, response_mask, position_ids, each [B, T]."""
+    T = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), T), dtype=torch.long)
+    resp = torch.zeros((len(batch), T), dtype=torch.bool)
+    for b, e in enumerate(batch):
+        n = len(e.input_ids)
+        off = 0 if padding_side == "right" else T - n
+        ids[b, off : off + n] = torch.tensor(e.input_ids)
+        attn[b, off : off + n] = 1
+        resp[b, off + e.prompt_len : off + n] = True
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, T]: positions count real tokens only
+    return ids, attn, resp, pos
+
+
+@torch.no_grad()
+def stats_padded(
+    model: torch.nn.Module,
+    batch: Sequence[Encoded],
+    alpha: float = 1.0,
+    chunk_size: int = 1024,
+    padding_side: str = "right",
+    full_logits: bool = False,
+    pad_id: int = 0,
+) -> list[TokenStats]:
+    """Score a batch of independent examples in one padded forward pass."""
+    device = next(model.parameters()).device
+    ids, attn, resp, pos = (t.to(device) for t in pad_batch(batch, pad_id, padding_side))
+    if full_logits:  # reference path: the model's own logits, [B, T, V]
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+        states, labels, act = shift_logits_and_labels(logits, ids, resp)
+        logp = action_logprobs(states[act], labels[act], alpha)  # [N]
+        vals = soft_values(states[act], alpha)  # [N]
+    else:
+        hidden = _decoder(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)[0]
+        states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # states [B, T-1, H]
+        logp, vals = reduce_chunked(output_head(model), states[act], labels[act], alpha, chunk_size)  # [N]
+    return _split(batch, logp, vals)
+
+
+@torch.no_grad()
+def stats_shared_prompt(
+    model: torch.nn.Module,
+    group: Sequence[Encoded],
+    alpha: float = 1.0,
+    chunk_size: int = 1024,
+    batch_size: int = 8,
+    pad_id: int = 0,
+) -> list[TokenStats]:
+    """Score responses that share one prompt: the prompt is run once and its cache reused.
+
+    The cache holds prompt[:-1]; each response is fed as [prompt[-1], response...], so hidden state j
+    is the state before response token j (the last prompt token's state s_1 comes first).
+    """
+    prompt = group[0].input_ids[: group[0].prompt_len]
+    if any(e.input_ids[: e.prompt_len] != prompt for e in group):
+        raise ValueError("stats_shared_prompt needs examples with identical prompt tokens")
+    if len(prompt) < 2:
+        return stats_padded(model, group, alpha, chunk_size, pad_id=pad_id)
+    device = next(model.parameters()).device
+    dec, head = _decoder(model), output_head(model)
+    P = len(prompt) - 1
+    out = dec(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
+    prefix_cache = out.past_key_values
+    results: list[TokenStats] = []
+    for i in range(0, len(group), batch_size):
+        chunk = group[i : i + batch_size]
+        S = 1 + max(len(e.response_ids) for e in chunk)
+        ids = torch.full((len(chunk), S), pad_id, dtype=torch.long, device=device)
+        attn = torch.zeros((len(chunk), P + S), dtype=torch.long, device=device)
+        attn[:, :P] = 1
+        act = torch.zeros((len(chunk), S), dtype=torch.bool, device=device)
+        for b, e in enumerate(chunk):
+            seq = [prompt[-1]] + e.response_ids
+            ids[b, : len(seq)] = torch.tensor(seq, device=device)
+            attn[b, P : P + len(seq)] = 1
+            act[b, : len(e.response_ids)] = True  # hidden j predicts response token j
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(chunk))
+        pos = torch.arange(P, P + S, device=device).expand(len(chunk), S)  # [b, S]
+        hidden = dec(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                     cache_position=torch.arange(P, P + S, device=device), use_cache=True)[0]  # [b, S, H]
+        labels = torch.zeros_like(ids)
+        labels[:, :-1] = ids[:, 1:]  # [b, S]: the token after each fed one; the same shift as in rewards
+        logp, vals = reduce_chunked(head, hidden[act], labels[act], alpha, chunk_size)  # [N]
+        results.extend(_split(chunk, logp, vals))
+    return results
+
+
+def _split(batch: Sequence[Encoded], logp: torch.Tensor, vals: torch.Tensor) -> list[TokenStats]:
+    out, i = [], 0
+    for e in batch:
+        n = len(e.response_ids)
+        out.append(TokenStats(e.response_ids, logp[i : i + n].cpu(), vals[i : i + n].cpu()))
+        i += n
+    return out
+
+
+def compute_stats(
+    model: torch.nn.Module,
+    examples: Sequence[Encoded],
+    alpha: float = 1.0,
+    batch_size: int = 8,
+    chunk_size: int = 1024,
+    share_prompts: bool = True,
+    padding_side: str = "right",
+    full_logits: bool = False,
+    pad_id: int = 0,
+) -> list[TokenStats]:
+    """TokenStats for every example, in input order; groups shared prompts, batches the rest by length."""
+    results: list[TokenStats | None] = [None] * len(examples)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(tuple(e.input_ids[: e.prompt_len]), []).append(i)
+    singles: list[int] = []
+    for idx in groups.values():
+        if share_prompts and len(idx) > 1 and not full_logits:
+            for i, s in zip(idx, stats_shared_prompt(model, [examples[i] for i in idx], alpha, chunk_size,
+                                                     batch_size, pad_id)):
+                results[i] = s
+        else:
+            singles.extend(idx)
+    singles.sort(key=lambda i: len(examples[i].input_ids), reverse=True)  # similar lengths pad less
+    for k in range(0, len(singles), batch_size):
+        idx = singles[k : k + batch_size]
+        stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id)
+        for i, s in zip(idx, stats):
+            results[i] = s
+    return results  # type: ignore[return-value]
