@@ -16,6 +16,7 @@ from typing import Any
 
 # name -> module holding Config and run(). Modules are imported only when their command runs.
 COMMANDS: dict[str, str] = {
+    "lab": "endorm.lab.cli",
     "score": "endorm.commands.score",
     "download": "endorm.commands.download",
     "models": "endorm.commands.models",

@@ -52,18 +52,28 @@ def make_mdp(
     scale: float = 1.0,
     derail_penalty: float = 0.0,
     seed: int = 0,
+    local: float = 0.0,
 ) -> TokenMDP:
-    """Ground truth: r(s, a) = scale * z(s, a) - derail_penalty * [prefix s + a contains token V-1].
+    """Ground truth: r(s, a) = scale * ((1 - local) * z(s, a) + local * B[last(s), a])
+    - derail_penalty * [prefix s + a contains token V-1].
 
-    ``z`` is i.i.d. standard normal per state-action. The derail term makes one token a persistent
+    ``z`` is i.i.d. standard normal per state-action: no structure a model could share across
+    states. ``B`` is a standard normal ``[V + 1, V]`` table indexed by the previous token (``V`` at
+    the empty prefix): a bigram-like part that a parameter-sharing model can learn from few visits.
+    The derail term makes one token a persistent
     mistake: every step after it is taken costs ``derail_penalty``, the classic structure under which
     imitation errors compound (an early mistake changes the reward rate of the whole future).
     """
+    if not 0.0 <= local <= 1.0:
+        raise ValueError(f"local must be in [0, 1], got {local}")
     rng = np.random.default_rng(seed)
+    bigram = np.random.default_rng([seed, 1]).standard_normal((vocab + 1, vocab))
     reward: Table = []
     derailed = np.zeros(1, dtype=bool)  # [V**t]: does prefix s already contain token V-1
     for t in range(horizon):
         z = rng.standard_normal((vocab**t, vocab))
+        last = np.arange(vocab**t) % vocab if t > 0 else np.array([vocab])
+        z = (1.0 - local) * z + local * bigram[last]
         after = derailed[:, None] | (np.arange(vocab) == vocab - 1)[None, :]  # [V**t, V]
         reward.append(scale * z - derail_penalty * after)
         derailed = after.reshape(-1)

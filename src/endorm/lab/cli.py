@@ -1,0 +1,172 @@
+"""Exact CPU laboratory for the paper's theory: reward recovery, Theorem 1/2 bounds, the RL fixed point.
+
+Runs the experiments of ``endorm.lab.experiments`` on small token MDPs (exact DP / enumeration, no
+sampling in the evaluation), prints one table per experiment, writes ``lab_<name>.csv`` and
+``summary.json`` to ``--out-dir`` and ``lab_<name>.png`` to ``--figures-dir``. ``--quick`` shrinks
+everything to a seconds-long smoke run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from endorm.lab import experiments as E
+from endorm.lab import plots as P
+
+log = logging.getLogger(__name__)
+
+EXPERIMENTS = ("recovery", "preferences", "suboptimality", "fixed_point")
+
+
+@dataclass
+class Config:
+    out_dir: str = field(default="runs/lab", metadata={"help": "where CSV tables and summary.json go"})
+    figures_dir: str | None = field(default=None, metadata={"help": "where lab_*.png go (default: --out-dir)"})
+    experiments: str = field(default=",".join(EXPERIMENTS), metadata={"help": f"comma list of {', '.join(EXPERIMENTS)}"})
+    quick: bool = field(default=False, metadata={"help": "tiny sizes (seconds): for tests and smoke runs"})
+    seeds: int = field(default=5, metadata={"help": "number of seeds (fresh reward, data, noise per seed)"})
+    vocab: int = field(default=3, metadata={"help": "vocabulary size V (states grow as V**H)"})
+    alpha: float = field(default=1.0, metadata={"help": "entropy temperature of the expert and the extraction"})
+    reward_scale: float = field(default=1.0, metadata={"help": "std of the random part of the true reward"})
+    recovery_horizon: int = field(default=6, metadata={"help": "(a) horizon"})
+    recovery_local: float = field(default=0.7, metadata={"help": "(a) weight of the bigram (shareable) part of the reward"})
+    recovery_sizes: str = field(default="10,30,100,300,1000,3000,10000,30000", metadata={"help": "(a) demonstration counts N"})
+    tv_horizons: str = field(default="2,3,4,5,6,7", metadata={"help": "(b) horizons (pairs: V**(2H))"})
+    tv_noise: str = field(default="0.025,0.05,0.1,0.2,0.4", metadata={"help": "(b) eta of random/adversarial logit errors"})
+    tv_mle_sizes: str = field(default="100,1000,10000", metadata={"help": "(b) N for the fitted tabular model"})
+    horizons: str = field(default="2,3,4,5,6,7,8,9,10", metadata={"help": "(c) horizons"})
+    eta: float = field(default=0.25, metadata={"help": "(c) eta of the random/adversarial logit errors"})
+    mle_size: int = field(default=1000, metadata={"help": "(c) N for the fitted tabular model"})
+    derail_penalty: float = field(default=0.1, metadata={"help": "(c) per-step cost after the 'mistake' token V-1"})
+    smoothing: float = field(default=0.5, metadata={"help": "additive smoothing of the tabular MLE"})
+    mlp_hidden: int = field(default=64, metadata={"help": "MLP width"})
+    mlp_steps: int = field(default=500, metadata={"help": "MLP full-batch Adam steps"})
+    fp_horizon: int = field(default=6, metadata={"help": "(d) horizon"})
+    fp_demos: int = field(default=1000, metadata={"help": "(d) demonstrations for the starting model"})
+    fp_iters: int = field(default=5, metadata={"help": "(d) extract-then-RL rounds"})
+    fp_temperatures: str = field(default="1.0,0.5,2.0", metadata={"help": "(d) RL temperature alpha'/alpha per arm"})
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.seeds = min(self.seeds, 2)
+            self.recovery_horizon, self.recovery_sizes = 4, "30,300,3000"
+            self.tv_horizons, self.tv_noise, self.tv_mle_sizes = "2,3,4", "0.05,0.2", "100,1000"
+            self.horizons, self.mlp_steps, self.fp_horizon, self.fp_iters = "2,3,4,5", 60, 4, 2
+        unknown = [e for e in self._experiments() if e not in EXPERIMENTS]
+        if unknown:
+            raise ValueError(f"--experiments: unknown {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}")
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+
+    def _experiments(self) -> list[str]:
+        return [e.strip() for e in self.experiments.split(",") if e.strip()]
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _slopes(rows: list[dict], x: str, y: str, where: dict, normalise: str | None = None) -> dict:
+    s = P.slopes_over_seeds(rows, x, y, where, normalise)
+    fin = s[np.isfinite(s)]
+    return {"mean": float(fin.mean()) if len(fin) else None,
+            "std": float(fin.std(ddof=1)) if len(fin) > 1 else None, "n_seeds": int(len(fin)), "per_seed": s.tolist()}
+
+
+def run(config: Config) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # tiny MLPs: threads only add contention
+    out = Path(config.out_dir)
+    figs = Path(config.figures_dir or config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(config.seeds))
+    summary: dict = {"config": asdict(config), "seconds": {}, "slopes": {}, "checks": {}}
+    V, a, sc = config.vocab, config.alpha, config.reward_scale
+    t_all = time.perf_counter()
+
+    for name in config._experiments():
+        if name == "recovery":
+            keep: dict = {}
+            rows, secs = E.timed(E.exp_recovery, seeds, V, config.recovery_horizon, a, sc, _ints(config.recovery_sizes),
+                                 config.smoothing, config.mlp_hidden, config.mlp_steps, keep=keep,
+                                 local=config.recovery_local)
+            P.plot_recovery(rows, keep, figs / "lab_recovery.png")
+            print(f"\n(a) reward recovery, V={V} H={config.recovery_horizon}, mean±sd over {len(seeds)} seeds")
+            print(P.table(rows, ("model", "n_demos"), ("eps_pi", "return_rmse", "return_corr_expert",
+                                                       "token_err_canonical", "token_corr_raw")))
+            summary["checks"]["recovery_max_shaping_residual"] = max(r["shaping_residual"] for r in rows)
+            for model in ("tabular", "mlp"):
+                summary["slopes"][f"recovery_rmse_vs_N_{model}"] = _slopes(rows, "n_demos", "return_rmse", {"model": model})
+        elif name == "preferences":
+            levels = {"random": _floats(config.tv_noise), "adversarial": _floats(config.tv_noise),
+                      "mle": [float(n) for n in _ints(config.tv_mle_sizes)]}
+            rows, secs = E.timed(E.exp_preferences, seeds, V, _ints(config.tv_horizons), a, sc, levels, config.smoothing)
+            P.plot_preferences(rows, figs / "lab_preferences.png")
+            print(f"\n(b) Theorem 1: preference TV vs (alpha H / 2) eps_pi, V={V}, mean±sd over {len(seeds)} seeds")
+            print(P.table(rows, ("kind", "level", "H"), ("eps_pi", "bound", "tv_max", "tv_mean_expert", "ratio", "coherence")))
+            summary["checks"]["preferences_max_ratio"] = max(r["ratio"] for r in rows)
+            for kind, lv in levels.items():
+                for level in lv:
+                    for y in ("tv_max", "tv_mean_expert"):
+                        summary["slopes"][f"tv_{y}_vs_H_{kind}_{level:g}"] = _slopes(
+                            rows, "H", y, {"kind": kind, "level": level}, "eps_pi")
+        elif name == "suboptimality":
+            levels = {"random": config.eta, "adversarial": config.eta, "mle": float(config.mle_size)}
+            rows, secs = E.timed(E.exp_suboptimality, seeds, V, _ints(config.horizons), a, sc, config.derail_penalty,
+                                 levels, config.smoothing)
+            P.plot_suboptimality(rows, figs / "lab_suboptimality.png")
+            print(f"\n(c) Theorem 2: suboptimality vs H, V={V}, derail={config.derail_penalty}, mean±sd over {len(seeds)} seeds")
+            print(P.table(rows, ("kind", "H"), ("eps_pi", "imit_hard_gap", "rl_hard_subopt", "imit_soft_gap",
+                                                "expert_hard_subopt", "bound_rl", "bound_imit_hard_instance")))
+            summary["checks"]["soft_gap_over_bound_max"] = max(r["imit_soft_gap"] / r["bound_imit_soft"] for r in rows)
+            summary["checks"]["rl_over_bound_max"] = max(r["rl_hard_subopt"] / r["bound_rl"] for r in rows)
+            summary["checks"]["imit_hard_over_instance_bound_max"] = max(
+                r["imit_hard_gap"] / r["bound_imit_hard_instance"] for r in rows if r["bound_imit_hard_instance"] > 0)
+            for kind in levels:
+                for y in ("imit_hard_gap", "rl_hard_subopt", "imit_soft_gap", "bound_imit_hard_instance"):
+                    summary["slopes"][f"{y}_over_eps_vs_H_{kind}"] = _slopes(rows, "H", y, {"kind": kind}, "eps_pi")
+        else:  # fixed_point
+            rows, secs = E.timed(E.exp_fixed_point, seeds, V, config.fp_horizon, a, sc, config.fp_demos, config.fp_iters,
+                                 _floats(config.fp_temperatures), config.mlp_hidden, config.mlp_steps)
+            P.plot_fixed_point(rows, figs / "lab_fixed_point.png")
+            print(f"\n(d) extract-then-RL rounds, V={V} H={config.fp_horizon}, mean±sd over {len(seeds)} seeds")
+            print(P.table(rows, ("rl_alpha", "iter"), ("drift_from_start", "logit_change", "reward_change",
+                                                       "soft_subopt", "hard_return")))
+            same = [r for r in rows if r["rl_alpha"] == a and r["iter"] > 0]
+            summary["checks"]["fixed_point_max_logit_change"] = P.finite_max(r["logit_change"] for r in same)
+            summary["checks"]["fixed_point_max_drift"] = P.finite_max(r["drift_from_start"] for r in same)
+        _write_csv(rows, out / f"lab_{name}.csv")
+        summary["seconds"][name] = round(secs, 2)
+        print(f"[{name}: {secs:.1f} s]")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+
+    summary["seconds"]["total"] = round(time.perf_counter() - t_all, 2)
+    print("\nlog-log slopes (mean ± sd over seeds):")
+    for k, s in summary["slopes"].items():
+        if s["mean"] is not None:
+            sd = f" ± {s['std']:.2f}" if s["std"] is not None else ""
+            print(f"  {k}: {s['mean']:.2f}{sd} (n={s['n_seeds']})")
+    print("checks:", json.dumps(summary["checks"]))
+    print(f"total {summary['seconds']['total']:.1f} s; tables in {out}, figures in {figs}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return 0
