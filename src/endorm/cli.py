@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "score": "endorm.commands.score",
     "download": "endorm.commands.download",
     "models": "endorm.commands.models",
+    "serve": "endorm.serve.cli",
 }
 
 

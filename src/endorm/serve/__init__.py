@@ -1,0 +1,1 @@
+"""The endorm reward server: ``endorm serve`` (needs the ``serve`` extra: fastapi, uvicorn)."""
