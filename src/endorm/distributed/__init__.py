@@ -1,0 +1,1 @@
+"""Distributed scoring engines (``endorm score --engine ray``; needs the ``ray`` extra)."""
