@@ -16,6 +16,8 @@ from typing import Any
 
 # name -> module holding Config and run(). Modules are imported only when their command runs.
 COMMANDS: dict[str, str] = {
+    "train": "endorm.rl.cli",
+    "math-eval": "endorm.mathx.cli",
     "lab": "endorm.lab.cli",
     "score": "endorm.commands.score",
     "download": "endorm.commands.download",

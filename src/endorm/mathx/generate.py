@@ -26,6 +26,7 @@ __all__ = [
 PROMPT_TEMPLATES: dict[str, str] = {
     "boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
     "gsm8k": "{question}\nSolve it step by step and end with the line '#### <number>'.",
+    "short": "{question}\nAnswer briefly: show the key calculation, then finish with 'The answer is <number>.'",
     "plain": "{question}",
 }
 

@@ -1,0 +1,1 @@
+"""Adapters that plug the endogenous reward into other libraries (TRL)."""

@@ -1,0 +1,144 @@
+"""Per-step training curves: a TrainerCallback that appends TRL's logged metrics to a CSV and redraws a PNG.
+
+Columns: step, elapsed seconds, reward (mean over the batch), reward_std, kl (to the reference model, only
+logged by TRL when beta > 0), completion mean length, entropy (of the policy over completion tokens),
+loss, learning rate, and the mean of every reward function (``rewards/<name>/mean``). The CSV is flushed
+every step, so a run that is stopped keeps its curve; a resumed run appends.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = ["CurveLogger", "plot_curves", "read_curves", "CURVE_COLUMNS"]
+
+CURVE_COLUMNS = ["step", "elapsed_s", "reward", "reward_std", "kl", "completion_length", "entropy", "loss",
+                 "learning_rate", "clipped_ratio"]
+# TRL's metric names -> ours
+_TRL_KEYS = {
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
+    "entropy": "entropy",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+    "completions/clipped_ratio": "clipped_ratio",
+}
+
+
+class CurveLogger(TrainerCallback):
+    """Write ``curves.csv`` (one row per logging step) and redraw ``curves.png`` every ``plot_every`` rows."""
+
+    def __init__(self, output_dir: str | Path, plot_every: int = 10, title: str = ""):
+        self.dir = Path(output_dir)
+        self.csv_path = self.dir / "curves.csv"
+        self.png_path = self.dir / "curves.png"
+        self.plot_every = plot_every
+        self.title = title
+        self._t0 = time.time()
+        self._columns: list[str] | None = None
+        self._rows = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.time()
+        if self.csv_path.exists():
+            with self.csv_path.open() as f:
+                header = next(csv.reader(f), None)
+                self._columns = header
+                if header:
+                    last = list(csv.DictReader(self.csv_path.open()))
+                    if last and last[-1].get("elapsed_s"):
+                        self._t0 -= float(last[-1]["elapsed_s"])  # a resumed run continues the clock
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or "reward" not in logs:  # the final train summary has no reward
+            return
+        row: dict[str, Any] = {"step": state.global_step, "elapsed_s": round(time.time() - self._t0, 2)}
+        for k, ours in _TRL_KEYS.items():
+            if k in logs:
+                row[ours] = logs[k]
+        for k, v in logs.items():
+            if k.startswith("rewards/") and k.endswith("/mean"):
+                row["reward_" + k.split("/")[1]] = v
+        if self._columns is None:
+            extra = sorted(c for c in row if c not in CURVE_COLUMNS)
+            self._columns = CURVE_COLUMNS + extra
+            with self.csv_path.open("w", newline="") as f:
+                csv.writer(f).writerow(self._columns)
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(c)) for c in self._columns])
+        self._rows += 1
+        if self.plot_every and self._rows % self.plot_every == 0:
+            plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.csv_path.exists():
+            plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def read_curves(path: str | Path) -> dict[str, list[float]]:
+    """Columns of a curves CSV as float lists (blank cells become NaN)."""
+    with Path(path).open() as f:
+        rows = list(csv.DictReader(f))
+    cols: dict[str, list[float]] = {}
+    for r in rows:
+        for k, v in r.items():
+            cols.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
+    return cols
+
+
+def _smooth(xs: list[float], w: int) -> list[float]:
+    out, acc = [], []
+    for x in xs:
+        acc.append(x)
+        acc = acc[-w:]
+        good = [a for a in acc if not math.isnan(a)]
+        out.append(sum(good) / len(good) if good else float("nan"))
+    return out
+
+
+def plot_curves(runs: dict[str, str | Path], out_png: str | Path, smooth: int = 5,
+                panels: tuple[str, ...] = ("reward", "kl", "completion_length", "entropy")) -> Path:
+    """One panel per metric, one line per run (raw faint, moving average ``smooth`` bold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for (label, path), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+        cols = read_curves(path)
+        steps = cols.get("step", [])
+        for ax, key in zip(axes, panels, strict=True):
+            ys = cols.get(key)
+            if not ys or all(math.isnan(y) for y in ys):
+                continue
+            ax.plot(steps, ys, color=color, alpha=0.25, lw=1)
+            ax.plot(steps, _smooth(ys, smooth), color=color, lw=2, label=label)
+    for ax, key in zip(axes, panels, strict=True):
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

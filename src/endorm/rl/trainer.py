@@ -1,0 +1,139 @@
+"""Wire ``TrainConfig`` into TRL's GRPOTrainer: prompts dataset, reward function, GRPOConfig, curve logging.
+
+The policy is loaded by TRL from a path (TRL also builds the KL reference model from that path when
+beta > 0); the reward model is a separate frozen copy of the base model (``reward_model`` or the policy's
+own starting weights), so the reward never moves while the policy trains.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from endorm.rl.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_dataset", "build_grpo_config", "build_trainer", "train"]
+
+
+def _require_trl() -> None:
+    try:
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as e:
+        raise ImportError("endorm train needs TRL: pip install 'endorm[rl]'  (trl, datasets)") from e
+
+
+def build_dataset(cfg: TrainConfig, data_dir: str | Path | None = None) -> Any:
+    """A conversational prompt dataset: columns ``prompt`` ([{"role": "user", ...}]) and ``answer``."""
+    from datasets import Dataset
+
+    from endorm.mathx.data import load_benchmark
+    from endorm.mathx.generate import PROMPT_TEMPLATES
+
+    if cfg.prompt_template not in PROMPT_TEMPLATES:
+        raise ValueError(f"prompt_template: unknown {cfg.prompt_template!r}; use one of {', '.join(PROMPT_TEMPLATES)}")
+    problems = load_benchmark(cfg.dataset, data_dir=data_dir, limit=cfg.num_prompts, seed=cfg.seed)
+    tmpl = PROMPT_TEMPLATES[cfg.prompt_template]
+    return Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": tmpl.format(question=p.question)}], "answer": p.answer, "id": p.id}
+            for p in problems
+        ]
+    )
+
+
+def build_grpo_config(cfg: TrainConfig) -> Any:
+    """TRL's GRPOConfig from ours (names checked against TRL 1.16: beta, num_generations, max_completion_length)."""
+    import torch
+    from trl import GRPOConfig
+
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    return GRPOConfig(
+        output_dir=cfg.output_dir,
+        max_steps=cfg.max_steps,
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        num_generations=cfg.num_generations,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        num_iterations=cfg.num_iterations,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=cfg.bf16 and not use_cpu,
+        use_cpu=use_cpu,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        report_to=cfg.report_to,
+        model_init_kwargs={"dtype": "bfloat16" if cfg.bf16 and not use_cpu else "float32"},
+        disable_dropout=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model: Any | None = None,
+                  data_dir: str | Path | None = None, callbacks: list | None = None) -> Any:
+    """A ready GRPOTrainer. ``model_path`` overrides ``cfg.model`` (already resolved to a loadable path);
+    ``reward_model`` (an EndogenousRewardModel) overrides loading the frozen copy."""
+    _require_trl()
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer
+
+    from endorm.integrations.trl import EndogenousRewardFunction
+    from endorm.models import resolve
+    from endorm.rl.logging import CurveLogger
+    from endorm.rl.rewards import make_reward_func
+
+    path = model_path or resolve(cfg.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    erm = None
+    if cfg.reward in ("endogenous", "mean_logprob", "neg_entropy"):
+        if reward_model is None:
+            from endorm import EndogenousRewardModel
+
+            reward_model = EndogenousRewardModel.from_pretrained(cfg.reward_model or path, alpha=cfg.alpha)
+        for p in reward_model.model.parameters():
+            p.requires_grad_(False)
+        erm = EndogenousRewardFunction(reward_model)
+    reward_fn = make_reward_func(cfg.reward, erm)
+    args = build_grpo_config(cfg)
+    dataset = build_dataset(cfg, data_dir)
+    cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
+    return GRPOTrainer(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
+                       processing_class=tok, callbacks=cbs)
+
+
+def train(cfg: TrainConfig, **kwargs: Any) -> Path:
+    """Run GRPO and save the final policy (with its tokenizer) to ``output_dir/final``."""
+    import torch
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume and (out / "curves.csv").exists():
+        (out / "curves.csv").unlink()  # a fresh run starts a fresh curve
+    trainer = build_trainer(cfg, **kwargs)
+    resume = None
+    if cfg.resume:
+        ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        resume = str(ckpts[-1]) if ckpts else None
+        if resume is None:
+            log.info("--resume: no checkpoint in %s, starting fresh", out)
+    trainer.train(resume_from_checkpoint=resume)
+    final = out / "final"
+    trainer.save_model(str(final))
+    trainer.processing_class.save_pretrained(str(final))
+    log.info("saved the policy to %s", final)
+    return final
