@@ -42,7 +42,7 @@ class Config:
     tv_noise: str = field(default="0.025,0.05,0.1,0.2,0.4", metadata={"help": "(b) eta of random/adversarial logit errors"})
     tv_mle_sizes: str = field(default="100,1000,10000", metadata={"help": "(b) N for the fitted tabular model"})
     horizons: str = field(default="2,3,4,5,6,7,8,9,10", metadata={"help": "(c) horizons"})
-    eta: float = field(default=0.25, metadata={"help": "(c) eta of the random/adversarial logit errors"})
+    etas: str = field(default="0.25,1.0", metadata={"help": "(c) eta of the random/adversarial logit errors"})
     mle_size: int = field(default=1000, metadata={"help": "(c) N for the fitted tabular model"})
     derail_penalty: float = field(default=0.1, metadata={"help": "(c) per-step cost after the 'mistake' token V-1"})
     smoothing: float = field(default=0.5, metadata={"help": "additive smoothing of the tabular MLE"})
@@ -117,6 +117,9 @@ def run(config: Config) -> int:
             summary["checks"]["recovery_max_shaping_residual"] = max(r["shaping_residual"] for r in rows)
             for model in ("tabular", "mlp"):
                 summary["slopes"][f"recovery_rmse_vs_N_{model}"] = _slopes(rows, "n_demos", "return_rmse", {"model": model})
+                big = sorted({r["n_demos"] for r in rows})[-3:]  # the asymptotic regime: the last decade or so
+                summary["slopes"][f"recovery_rmse_vs_N_{model}_largest3"] = _slopes(
+                    [r for r in rows if r["n_demos"] in big], "n_demos", "return_rmse", {"model": model})
         elif name == "preferences":
             levels = {"random": _floats(config.tv_noise), "adversarial": _floats(config.tv_noise),
                       "mle": [float(n) for n in _ints(config.tv_mle_sizes)]}
@@ -131,20 +134,30 @@ def run(config: Config) -> int:
                         summary["slopes"][f"tv_{y}_vs_H_{kind}_{level:g}"] = _slopes(
                             rows, "H", y, {"kind": kind, "level": level}, "eps_pi")
         elif name == "suboptimality":
-            levels = {"random": config.eta, "adversarial": config.eta, "mle": float(config.mle_size)}
+            levels = {"random": _floats(config.etas), "adversarial": _floats(config.etas),
+                      "mle": [float(config.mle_size)]}
             rows, secs = E.timed(E.exp_suboptimality, seeds, V, _ints(config.horizons), a, sc, config.derail_penalty,
                                  levels, config.smoothing)
             P.plot_suboptimality(rows, figs / "lab_suboptimality.png")
             print(f"\n(c) Theorem 2: suboptimality vs H, V={V}, derail={config.derail_penalty}, mean±sd over {len(seeds)} seeds")
-            print(P.table(rows, ("kind", "H"), ("eps_pi", "imit_hard_gap", "rl_hard_subopt", "imit_soft_gap",
-                                                "expert_hard_subopt", "bound_rl", "bound_imit_hard_instance")))
+            print(P.table(rows, ("kind", "level", "H"), ("eps_pi", "imit_hard_gap", "imit_soft_gap", "rl_hard_subopt",
+                                                         "rl_vs_imitation", "bound_rl", "bound_imit_hard_instance",
+                                                         "bound_imit_hard_logratio", "var_return_expert")))
             summary["checks"]["soft_gap_over_bound_max"] = max(r["imit_soft_gap"] / r["bound_imit_soft"] for r in rows)
             summary["checks"]["rl_over_bound_max"] = max(r["rl_hard_subopt"] / r["bound_rl"] for r in rows)
-            summary["checks"]["imit_hard_over_instance_bound_max"] = max(
-                r["imit_hard_gap"] / r["bound_imit_hard_instance"] for r in rows if r["bound_imit_hard_instance"] > 0)
-            for kind in levels:
-                for y in ("imit_hard_gap", "rl_hard_subopt", "imit_soft_gap", "bound_imit_hard_instance"):
-                    summary["slopes"][f"{y}_over_eps_vs_H_{kind}"] = _slopes(rows, "H", y, {"kind": kind}, "eps_pi")
+            for b in ("instance", "logratio"):
+                summary["checks"][f"imit_hard_over_{b}_bound_max"] = max(
+                    r["imit_hard_gap"] / r[f"bound_imit_hard_{b}"] for r in rows if r[f"bound_imit_hard_{b}"] > 0)
+            for kind, lv in levels.items():
+                for level in lv:
+                    where = {"kind": kind, "level": level}
+                    for y in ("imit_hard_gap", "imit_soft_gap", "rl_hard_subopt", "bound_imit_hard_instance",
+                              "bound_imit_hard_logratio"):
+                        summary["slopes"][f"{y}_over_eps_vs_H_{kind}_{level:g}"] = _slopes(rows, "H", y, where, "eps_pi")
+                    sub = [r for r in rows if r["kind"] == kind and r["level"] == level]
+                    summary["checks"][f"rl_subopt_nonzero_fraction_{kind}_{level:g}"] = float(
+                        np.mean([r["rl_hard_subopt"] > 1e-9 for r in sub]))
+            summary["slopes"]["var_return_expert_vs_H"] = _slopes(rows, "H", "var_return_expert", {"kind": "mle"})
         else:  # fixed_point
             rows, secs = E.timed(E.exp_fixed_point, seeds, V, config.fp_horizon, a, sc, config.fp_demos, config.fp_iters,
                                  _floats(config.fp_temperatures), config.mlp_hidden, config.mlp_steps)

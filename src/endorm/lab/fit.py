@@ -88,6 +88,17 @@ def fit_mlp(
     The likelihood only needs visit counts, so the N demonstrations are compressed to one row per
     visited state with its action counts (same loss, much cheaper).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few-thousand-parameter MLP: extra threads only add contention
+    try:
+        return _fit_mlp(tokens, vocab, alpha, hidden, steps, lr, weight_decay, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_mlp(
+    tokens: np.ndarray, vocab: int, alpha: float, hidden: int, steps: int, lr: float, weight_decay: float, seed: int
+) -> Table:
     H = tokens.shape[1]
     torch.manual_seed(seed)
     dim = _feature_dim(vocab, H)

@@ -150,16 +150,22 @@ def plot_preferences(rows: list[Row], path: Path) -> None:
 
 def plot_suboptimality(rows: list[Row], path: Path) -> None:
     plt = _plt()
-    kinds = sorted({r["kind"] for r in rows})
-    fig, ax = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.4), squeeze=False)
+    panels = sorted({(r["kind"], r["level"]) for r in rows})
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, ax = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, 4.6 * nrow), squeeze=False)
+    for a in ax.ravel()[len(panels):]:
+        a.axis("off")
     series = (("imit_hard_gap", "tab:red", "-", "imitation: J_hard(π_E) − J_hard(π̂)"),
-              ("rl_hard_subopt", "tab:blue", "-", "argmax R̂: max R − R(ŷ)"),
               ("imit_soft_gap", "tab:green", "-", "imitation soft gap = α KL"),
-              ("bound_imit_hard_instance", "tab:red", ":", "imitation PDL bound (instance)"),
-              ("bound_imit_hard_generic", "tab:red", "--", "imitation bound ∝ H(H+1) ε"),
+              ("rl_hard_subopt", "tab:blue", "-", "argmax R̂: max R − R(ŷ)"),
+              ("bound_imit_hard_generic", "tab:red", "--", "BC-style bound ∝ H(H+1) ε"),
+              ("bound_imit_hard_logratio", "tab:red", "-.", "log-ratio PDL bound"),
+              ("bound_imit_hard_instance", "tab:red", ":", "PDL bound, max over states"),
+              ("bound_imit_soft", "tab:green", "--", "soft bound αHε"),
               ("bound_rl", "tab:blue", "--", "argmax R̂ bound 2αHε"))
-    for a, kind in zip(ax[0], kinds, strict=True):
-        sub = [r for r in rows if r["kind"] == kind]
+    for a, (kind, level) in zip(ax.ravel(), panels, strict=False):
+        sub = [r for r in rows if r["kind"] == kind and r["level"] == level]
         for val, c, ls, lab in series:
             g = group(sub, ("H",), val)
             ge = group(sub, ("H",), "eps_pi")
@@ -170,7 +176,7 @@ def plot_suboptimality(rows: list[Row], path: Path) -> None:
             a.plot(hs[keep], m[keep], ls=ls, color=c, marker="o" if ls == "-" else None, ms=3,
                    label=f"{lab} (slope {slope:.2f})")
         a.set(xscale="log", yscale="log", xlabel="horizon H", ylabel="value / ε_π (mean over seeds)",
-              title=f"(c) {kind}")
+              title=f"(c) {kind}, level {level:g}")
         a.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
