@@ -71,3 +71,21 @@ def test_oversized_request_runs_alone_and_nothing_is_lost():
 def test_bad_settings():
     with pytest.raises(ValueError):
         DynamicBatcher(lambda x: x, max_batch_items=0)
+
+
+def test_close_answers_running_and_queued_requests():
+    import time
+
+    def process(items):
+        time.sleep(0.3)
+        return items
+
+    async def go():
+        b = DynamicBatcher(process, max_batch_items=1, max_wait_ms=0)
+        tasks = [asyncio.ensure_future(b.submit([k])) for k in range(3)]
+        await asyncio.sleep(0.1)  # the first is running, the others queued
+        await b.close()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=5)
+
+    res = run(go())
+    assert len(res) == 3 and all(isinstance(r, RuntimeError) and "shutting down" in str(r) for r in res)

@@ -62,6 +62,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
         self._carry: _Pending | None = None
+        self._inflight: list[_Pending] = []
 
     @property
     def queued(self) -> int:
@@ -91,14 +92,14 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self._carry is not None and not self._carry.future.done():
-            self._carry.future.set_exception(RuntimeError("the server is shutting down"))
-        self._carry = None
-        if self._queue is not None:  # nothing queued is left unanswered
+        left = list(self._inflight) + ([self._carry] if self._carry is not None else [])
+        if self._queue is not None:  # nothing queued or running is left unanswered
             while not self._queue.empty():
-                p = self._queue.get_nowait()
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError("the server is shutting down"))
+                left.append(self._queue.get_nowait())
+        for p in left:
+            if not p.future.done():
+                p.future.set_exception(RuntimeError("the server is shutting down"))
+        self._carry, self._inflight = None, []
         self._task = None
 
     async def _gather(self) -> list[_Pending]:
@@ -139,6 +140,7 @@ class DynamicBatcher:
         if not live:
             return
         flat = [it for p in live for it in p.items]
+        self._inflight = live
         try:
             results = await loop.run_in_executor(self._executor, self._checked, flat)
         except Exception as e:  # noqa: BLE001 - retried per request below
