@@ -1,0 +1,112 @@
+"""Time-boxed RM-Bench / DSP runs of ``endorm eval``'s methods on one registry model, growing the subset.
+
+Built from ``endorm.eval``'s own pieces (same items, same methods, same records, same tables), with two
+additions that matter on a shared CPU:
+
+- the endorm aggregation variants (sum = the paper's R, mean, logprob = sum log pi without values,
+  ...) are extra ``EndoRMMethod`` objects that share one forward pass through ``StatsMemo``, so all
+  variants cost one pass (``endorm eval`` would need one run per ``--aggregation``);
+- the seeded subset grows in steps (``--limits 2,4,6``: n per RM-Bench domain, or DSP queries). Each
+  step only scores the new items (the subset for a larger n contains the smaller one), then writes a
+  complete, balanced summary ``results-n{L}.json``; a step is not started after ``--deadline``. So the
+  figures at any moment are those of the largest finished n, and an interrupted run resumes from
+  ``examples.jsonl``.
+
+Usage (one model per process; OMP_NUM_THREADS=1 on a shared machine):
+    OMP_NUM_THREADS=1 python benchmarks/models_eval.py --model qwen2.5-coder-0.5b-instruct \
+        --benchmark rm-bench --domains chat,code,safety --limits 2,4,6,8 --out-dir runs/models/q05-rmbench
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--benchmark", default="rm-bench", choices=("rm-bench", "dsp"))
+    ap.add_argument("--domains", default="chat,code,safety")
+    ap.add_argument("--limits", default="2,4,6,8,10", help="growing n (per RM-Bench domain / DSP queries)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--aggregations", default="sum,mean,logprob", help="endorm variants sharing one forward pass")
+    ap.add_argument("--methods", default="logprob-mean,genrm-pointwise,verifier,genrm-pairwise",
+                    help="other endorm.eval methods (judges and baselines) on the same model")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--deadline", default=None, help="UTC HH:MM after which no new step starts")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--items-per-batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from endorm.eval import metrics as M
+    from endorm.eval import report
+    from endorm.eval.data import load_benchmark
+    from endorm.eval.harness import evaluate
+    from endorm.eval.methods import EndoRMMethod, StatsMemo, build_method
+    from endorm.eval.prompts import DSP_DOMAINS
+    from endorm.io import JsonlWriter, read_jsonl
+    from endorm.reward_model import EndogenousRewardModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = None
+    if args.deadline:
+        h, m = map(int, args.deadline.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        deadline = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    limits = [int(x) for x in args.limits.split(",")]
+    domains = [d for d in args.domains.split(",") if d] if args.benchmark == "rm-bench" else None
+
+    t0 = time.perf_counter()
+    rm = EndogenousRewardModel.from_pretrained(args.model, batch_size=args.batch_size)
+    load_s = time.perf_counter() - t0
+    memo = StatsMemo()
+    methods = []
+    for agg in args.aggregations.split(","):
+        m = EndoRMMethod(rm.with_config(aggregation=agg), memo)
+        m.name = "endorm" if agg == "sum" else f"endorm-{agg}"
+        methods.append(m)
+    methods += [build_method(name, rm, memo) for name in args.methods.split(",") if name]
+    names = [m.name for m in methods]
+
+    records_path = out / "examples.jsonl"
+    log = open(out / "progress.log", "a")
+    for limit in limits:
+        if deadline and dt.datetime.now(dt.timezone.utc) >= deadline:
+            print(f"deadline {args.deadline} UTC reached; not starting n={limit}", file=log, flush=True)
+            break
+        items = load_benchmark(args.benchmark, None, domains, limit, args.seed)
+        done = {r["key"] for _, r in read_jsonl(records_path)} if records_path.exists() else set()
+        t1 = time.perf_counter()
+        with JsonlWriter(records_path, resume=records_path.exists()) as writer:
+            new = evaluate(methods, items, done, writer.write, args.items_per_batch, DSP_DOMAINS, memo, False)
+        step_s = time.perf_counter() - t1
+        wanted = {(m, it.id) for m in names for it in items}
+        recs = [r for _, r in read_jsonl(records_path) if (r["method"], r["id"]) in wanted]
+        summary = {
+            "benchmark": args.benchmark, "model": args.model, "methods": report.summarize(recs),
+            "n_items": len(items), "subset": f"seeded random subset, limit {limit} seed {args.seed}"
+            + (f" per domain ({','.join(domains)})" if domains else ""),
+            "tie_rule": M.TIE_RULE, "threads": torch.get_num_threads(), "model_load_s": round(load_s, 1),
+            "elapsed_s_step": round(step_s, 1), "new_records": new,
+            "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%H:%M"),
+        }
+        summary["methods"] = {m: summary["methods"][m] for m in names if m in summary["methods"]}
+        (out / f"results-n{limit}.json").write_text(json.dumps(report._nan_to_none(summary), indent=1) + "\n")
+        report.write_outputs(summary, out, make_plot=False)
+        print(f"n={limit}: {len(items)} items, {new} new records, {step_s:.0f} s, done {summary['finished_utc']} UTC",
+              file=log, flush=True)
+    log.close()
+
+
+if __name__ == "__main__":
+    main()
