@@ -64,6 +64,11 @@ def test_module_instance_is_lazy_and_named():
     from trl.trainer.utils import get_callable_name
 
     assert get_callable_name(endogenous_reward) == "endogenous_reward"
+    # resolved the way `trl grpo --reward_funcs a.b.c` does it (trl/scripts/grpo.py)
+    import importlib
+
+    module_path, name = "endorm.integrations.trl.endogenous_reward".rsplit(".", 1)
+    assert getattr(importlib.import_module(module_path), name) is endogenous_reward
 
 
 def test_baseline_rewards(rm):

@@ -28,6 +28,9 @@ class TrainConfig:
         default="short", metadata={"help": "question template: short | gsm8k | boxed | plain (endorm.mathx.generate)"}
     )
     num_prompts: int | None = field(default=None, metadata={"help": "use a seeded random subset of this many prompts"})
+    max_question_chars: int | None = field(
+        default=None, metadata={"help": "keep only questions of at most this many characters (cheaper CPU steps)"}
+    )
     output_dir: str = field(default="runs/train", metadata={"help": "checkpoints, curves.csv/png, final policy"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
     beta: float = field(default=0.01, metadata={"help": "KL coefficient to the reference (base) model (paper: 0.01)"})

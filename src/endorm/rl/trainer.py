@@ -35,7 +35,14 @@ def build_dataset(cfg: TrainConfig, data_dir: str | Path | None = None) -> Any:
 
     if cfg.prompt_template not in PROMPT_TEMPLATES:
         raise ValueError(f"prompt_template: unknown {cfg.prompt_template!r}; use one of {', '.join(PROMPT_TEMPLATES)}")
-    problems = load_benchmark(cfg.dataset, data_dir=data_dir, limit=cfg.num_prompts, seed=cfg.seed)
+    from endorm.mathx.data import select_subset
+
+    problems = load_benchmark(cfg.dataset, data_dir=data_dir)
+    if cfg.max_question_chars:
+        problems = [p for p in problems if len(p.question) <= cfg.max_question_chars]
+        if not problems:
+            raise ValueError(f"max_question_chars={cfg.max_question_chars}: no question of {cfg.dataset} is that short")
+    problems = select_subset(problems, cfg.num_prompts, cfg.seed)
     tmpl = PROMPT_TEMPLATES[cfg.prompt_template]
     return Dataset.from_list(
         [

@@ -1,0 +1,144 @@
+"""RL on the endogenous reward, GSM8K, CPU: combine the runs' curves and compare before/after accuracy.
+
+The measurement itself is three commands (docs/RESULTS.md, "RL on the endogenous reward"):
+
+    endorm math-eval --benchmarks gsm8k --limit 100 --seed 0 --prompt_template short --max_new_tokens 48 \
+        --models default --output_dir runs/rl_eval_before
+    endorm train --config configs/train_gsm8k_endogenous.yaml      # and train_gsm8k_correctness.yaml
+    endorm math-eval ... --models runs/rl_endogenous/final --output_dir runs/rl_eval_endogenous
+
+This script then reads their outputs:
+
+    python benchmarks/rl_gsm8k.py plot --runs endogenous=runs/rl_endogenous correctness=runs/rl_correctness \
+        --out docs/figures/rl_curves.png
+    python benchmarks/rl_gsm8k.py compare --before runs/rl_eval_before/default/gsm8k.jsonl \
+        --after endogenous=runs/rl_eval_endogenous/final/gsm8k.jsonl ...
+
+``compare`` prints accuracy with 95% Wilson intervals, the paired change with an exact McNemar test on
+the problems whose correctness flipped, and completion statistics that expose reward hacking (mean
+length, share of empty/repeated completions, distinct completions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+
+def _records(path: str) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (lost) and c (gained)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * p)
+
+
+def repeated_ngram_share(text: str, n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier one (0 = no repetition)."""
+    words = re.findall(r"\S+", text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)
+
+
+def completion_stats(recs: list[dict]) -> dict:
+    comps = [r["completions"][0] for r in recs]
+    return {
+        "mean_chars": sum(len(c) for c in comps) / len(comps),
+        "empty_share": sum(not c.strip() for c in comps) / len(comps),
+        "mean_repeated_3gram_share": sum(repeated_ngram_share(c) for c in comps) / len(comps),
+        "distinct_completions": len(set(comps)),
+        "with_answer_phrase": sum("answer is" in c.lower() for c in comps) / len(comps),
+    }
+
+
+def compare(before: str, after: list[str]) -> dict:
+    from endorm.mathx.generate import wilson_interval
+
+    base = {r["id"]: r for r in _records(before)}
+    out = {}
+    rows = [("before", before)] + [tuple(a.split("=", 1)) for a in after]
+    for name, path in rows:
+        recs = _records(path)
+        ok = sum(bool(r["correct"][0]) for r in recs)
+        lo, hi = wilson_interval(ok, len(recs))
+        entry = {"n": len(recs), "correct": ok, "acc": ok / len(recs), "ci95": [lo, hi], **completion_stats(recs)}
+        if name != "before":
+            lost = sum(1 for r in recs if base[r["id"]]["correct"][0] and not r["correct"][0])
+            gained = sum(1 for r in recs if not base[r["id"]]["correct"][0] and r["correct"][0])
+            entry.update(lost=lost, gained=gained, mcnemar_p=mcnemar_exact(lost, gained))
+        out[name] = entry
+    return out
+
+
+def print_compare(res: dict) -> None:
+    print("| policy | GSM8K acc (n) | 95% CI | gained / lost vs before (McNemar p) | mean chars | repeated 3-grams "
+          "| distinct | 'answer is' |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, e in res.items():
+        flip = f"+{e['gained']} / -{e['lost']} (p={e['mcnemar_p']:.2f})" if "lost" in e else "-"
+        print(f"| {name} | {100 * e['acc']:.1f}% ({e['correct']}/{e['n']}) | {100 * e['ci95'][0]:.1f}-"
+              f"{100 * e['ci95'][1]:.1f}% | {flip} | {e['mean_chars']:.0f} | {e['mean_repeated_3gram_share']:.2f} "
+              f"| {e['distinct_completions']} | {100 * e['with_answer_phrase']:.0f}% |")
+
+
+def curve_summary(run_dir: str, window: int = 10) -> dict:
+    from endorm.rl.logging import read_curves
+
+    cols = read_curves(Path(run_dir) / "curves.csv")
+
+    def mean(xs: list[float]) -> float:
+        xs = [x for x in xs if not math.isnan(x)]
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    out = {"steps": int(cols["step"][-1]), "elapsed_s": cols["elapsed_s"][-1]}
+    for k in ("reward", "kl", "completion_length", "entropy", "clipped_ratio"):
+        if k in cols:
+            out[f"{k}_first{window}"] = mean(cols[k][:window])
+            out[f"{k}_last{window}"] = mean(cols[k][-window:])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("plot", help="one figure with every run's reward/KL/length/entropy curves")
+    p.add_argument("--runs", nargs="+", required=True, help="label=run_dir (holding curves.csv)")
+    p.add_argument("--out", default="docs/figures/rl_curves.png")
+    c = sub.add_parser("compare", help="before/after accuracy with CIs and completion statistics")
+    c.add_argument("--before", required=True)
+    c.add_argument("--after", nargs="*", default=[], help="label=path/to/gsm8k.jsonl")
+    c.add_argument("--json", default=None, help="also write the numbers here")
+    s = sub.add_parser("curves", help="first/last-window means of each run's curves")
+    s.add_argument("--runs", nargs="+", required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "plot":
+        from endorm.rl.logging import plot_curves
+
+        runs = dict(r.split("=", 1) for r in args.runs)
+        print(plot_curves({k: Path(v) / "curves.csv" for k, v in runs.items()}, args.out))
+    elif args.cmd == "compare":
+        res = compare(args.before, args.after)
+        print_compare(res)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+    else:
+        for r in args.runs:
+            label, d = r.split("=", 1)
+            print(label, json.dumps({k: round(v, 4) for k, v in curve_summary(d).items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
