@@ -131,3 +131,11 @@ def test_shift_alignment():
     states, labels, act = R.shift_logits_and_labels(pos, ids, resp)
     assert labels[act].tolist() == [20, 21, 22]
     assert states[act].flatten().tolist() == [2.0, 3.0, 4.0]  # s_1 is the last prompt position
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_fused_logprobs_and_values(alpha):
+    logits, labels, _ = random_case(seed=5)
+    lp, v = R.logprobs_and_values(logits.clone(), labels, alpha)
+    torch.testing.assert_close(lp, R.action_logprobs(logits, labels, alpha))
+    torch.testing.assert_close(v, R.soft_values(logits, alpha))

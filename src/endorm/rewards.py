@@ -71,6 +71,23 @@ def action_logprobs(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1
     return chosen - torch.logsumexp(scaled, dim=-1)  # [...]
 
 
+def logprobs_and_values(
+    logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(a|s) and V(s) together, with one logsumexp (the memory-lean path's inner step).
+
+    Args: logits [..., V], labels [...] (int). Returns: (logprobs [...], values [...]) float32.
+    May scale ``logits`` in place when it is already float32 and alpha != 1 (callers pass a temporary).
+    """
+    _check_alpha(alpha)
+    scaled = logits.float()  # no copy if already float32
+    if alpha != 1.0:
+        scaled = scaled.div_(alpha) if scaled is logits else scaled / alpha  # [..., V]
+    lse = torch.logsumexp(scaled, dim=-1)  # [...]
+    chosen = scaled.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [...]
+    return chosen - lse, alpha * lse
+
+
 def next_state_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """V(s_{t+1}) for every action position: the value at the next action, 0 after the last one.
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from endorm.chat import Encoded
-from endorm.rewards import action_logprobs, shift_logits_and_labels, soft_values
+from endorm.rewards import action_logprobs, logprobs_and_values, shift_logits_and_labels, soft_values
 
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,9 +65,10 @@ def reduce_chunked(
     """
     logps, values = [], []
     for i in range(0, hidden.shape[0], chunk_size):
-        logits = head(hidden[i : i + chunk_size]).float()  # [C, V]: the only vocabulary-sized tensor
-        logps.append(action_logprobs(logits, labels[i : i + chunk_size], alpha))  # [C]
-        values.append(soft_values(logits, alpha))  # [C]
+        logits = head(hidden[i : i + chunk_size])  # [C, V]: the only vocabulary-sized tensors live here
+        lp, v = logprobs_and_values(logits, labels[i : i + chunk_size], alpha)  # [C], [C]
+        logps.append(lp)
+        values.append(v)
     if not logps:
         return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
     return torch.cat(logps), torch.cat(values)  # [N], [N]
