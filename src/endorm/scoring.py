@@ -155,20 +155,19 @@ def stats_shared_prompt(
         ids = torch.full((len(chunk), S), pad_id, dtype=torch.long, device=device)
         attn = torch.zeros((len(chunk), P + S), dtype=torch.long, device=device)
         attn[:, :P] = 1
-        act = torch.zeros((len(chunk), S), dtype=torch.bool, device=device)
+        resp = torch.zeros((len(chunk), S), dtype=torch.bool, device=device)
         for b, e in enumerate(chunk):
             seq = [prompt[-1]] + e.response_ids
             ids[b, : len(seq)] = torch.tensor(seq, device=device)
             attn[b, P : P + len(seq)] = 1
-            act[b, : len(e.response_ids)] = True  # hidden j predicts response token j
+            resp[b, 1 : len(seq)] = True  # everything fed after the last prompt token is response
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(chunk))
         pos = torch.arange(P, P + S, device=device).expand(len(chunk), S)  # [b, S]
         hidden = dec(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
                      cache_position=torch.arange(P, P + S, device=device), use_cache=True)[0]  # [b, S, H]
-        labels = torch.zeros_like(ids)
-        labels[:, :-1] = ids[:, 1:]  # [b, S]: the token after each fed one; the same shift as in rewards
-        logp, vals = reduce_chunked(head, hidden[act], labels[act], alpha, chunk_size)  # [N]
+        states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # [b, S-1, H], [b, S-1]
+        logp, vals = reduce_chunked(head, states[act], labels[act], alpha, chunk_size)  # [N]
         results.extend(_split(chunk, logp, vals))
     return results
 

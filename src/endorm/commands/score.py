@@ -100,7 +100,7 @@ def run(cfg: Config) -> int:
         from endorm.distributed.ray_engine import score_rows_ray
 
         with writer:
-            score_rows_ray(rows[start:], cfg, writer)
+            score_rows_ray(rows[start:], cfg, num_actors=cfg.num_actors, writer=writer)
         _print_table(cfg.output, cfg.show)
         return 0
     if cfg.engine != "local":
