@@ -41,7 +41,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--items-per-batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="no model: summarise the items of --out-dir that every method finished (after a stop)")
     args = ap.parse_args()
+    if args.summarize_only:
+        summarize_partial(Path(args.out_dir), args.model)
+        return
 
     import torch
 
@@ -106,6 +111,30 @@ def main() -> None:
         print(f"n={limit}: {len(items)} items, {new} new records, {step_s:.0f} s, done {summary['finished_utc']} UTC",
               file=log, flush=True)
     log.close()
+
+
+def summarize_partial(out: Path, model: str) -> None:
+    """results-partial.json / table-partial.md over the items that every method in examples.jsonl finished."""
+    from collections import defaultdict
+
+    from endorm.eval import metrics as M
+    from endorm.eval import report
+    from endorm.io import read_jsonl
+
+    recs = [r for _, r in read_jsonl(out / "examples.jsonl")]
+    methods = list(dict.fromkeys(r["method"] for r in recs))
+    have: dict[str, set] = defaultdict(set)
+    for r in recs:
+        have[r["id"]].add(r["method"])
+    complete = {i for i, ms in have.items() if ms == set(methods)}
+    keep = [r for r in recs if r["id"] in complete]
+    summary = {"benchmark": recs[0]["benchmark"], "model": model, "methods": report.summarize(keep),
+               "n_items": len(complete), "subset": "items every method finished before the run was stopped",
+               "tie_rule": M.TIE_RULE, "incomplete_items_left_out": sorted(set(have) - complete)}
+    summary["methods"] = {m: summary["methods"][m] for m in methods if m in summary["methods"]}
+    (out / "results-partial.json").write_text(json.dumps(report._nan_to_none(summary), indent=1) + "\n")
+    (out / "table-partial.md").write_text(report.markdown(summary))
+    print(report.markdown(summary))
 
 
 if __name__ == "__main__":
