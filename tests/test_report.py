@@ -138,6 +138,16 @@ def test_report_scores_pairs(tmp_path, tiny_rm):
     assert "Be brief." in page and "and 3+3?" in page
 
 
+def test_system_flag_reaches_the_model(tmp_path, tiny_rm):
+    inp = _write(tmp_path / "p.jsonl", [{"prompt": "Hi", "response": "Hello there"}])
+    out = tmp_path / "r.html"
+    run(Config(input=str(inp), output=str(out), system="Be terse."), rm=tiny_rm)
+    page = out.read_text(encoding="utf-8")
+    want = tiny_rm.token_rewards("Hi", "Hello there", system="Be terse.").total
+    assert f"<b>{want:.2f}</b>" in page and "Be terse." in page
+    assert want != tiny_rm.token_rewards("Hi", "Hello there").total
+
+
 def test_limit_scores_only_the_first_cards(tmp_path, tiny_rm):
     inp = _write(tmp_path / "pairs.jsonl", PAIRS)
     out = tmp_path / "r.html"

@@ -33,9 +33,11 @@ class Config(RewardConfig):
     input: str = field(metadata={"help": "JSONL of preference pairs, scored rows (endorm score --tokens) or plain rows"})
     output: str = field(metadata={"help": "HTML file to write"})
     model: str | None = field(
-        default=None, metadata={"help": "model used to score rows that carry no token_rewards (default: the default model)"}
+        default=None, metadata={"help": "model for rows without token_rewards: registry name, .gguf, local dir or hub id (default: "
+                                  f"{DEFAULT_MODEL})"}
     )
-    dtype: str = field(default="float32", metadata={"help": "model dtype: float32 | bfloat16 | float16"})
+    system: str | None = field(default=None, metadata={"help": "system prompt / principle for rows without their own"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     limit: int | None = field(default=None, metadata={"help": "show at most this many cards (pairs or prompt groups)"})
     clip_percentile: float = field(
@@ -184,6 +186,8 @@ def run(config: Config, rm: Any = None) -> int:
     settings: dict[str, str] = {"input": src.name}
     if pending:
         reward_fields = {f: getattr(config, f) for f in RewardConfig.__dataclass_fields__}
+        if config.system is not None:  # same flag as endorm score
+            reward_fields["system_prompt"] = config.system
         if rm is None:
             from endorm.reward_model import EndogenousRewardModel
 
