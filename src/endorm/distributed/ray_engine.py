@@ -95,8 +95,6 @@ def score_rows_ray(
     """
     import ray
 
-    if hasattr(num_actors, "write"):  # called as score_rows_ray(rows, cfg, writer)
-        num_actors, writer = None, num_actors
     n_actors = int(num_actors or getattr(config, "num_actors", 1) or 1)
     if n_actors < 1:
         raise ValueError(f"num_actors must be >= 1, got {n_actors}")
