@@ -28,7 +28,7 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", default=None)
     ap.add_argument("--benchmark", default="rm-bench", choices=("rm-bench", "dsp"))
     ap.add_argument("--domains", default="chat,code,safety")
     ap.add_argument("--limits", default="2,4,6,8,10", help="growing n (per RM-Bench domain / DSP queries)")
@@ -36,16 +36,21 @@ def main() -> None:
     ap.add_argument("--aggregations", default="sum,mean,logprob", help="endorm variants sharing one forward pass")
     ap.add_argument("--methods", default="logprob-mean,genrm-pointwise,verifier,genrm-pairwise",
                     help="other endorm.eval methods (judges and baselines) on the same model")
-    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--out-dir", default=None)
     ap.add_argument("--deadline", default=None, help="UTC HH:MM after which no new step starts")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--items-per-batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--summarize-only", action="store_true",
                     help="no model: summarise the items of --out-dir that every method finished (after a stop)")
+    ap.add_argument("--compare", default=None,
+                    help="no model: comma-separated RM-Bench results JSON files -> one table across models")
     args = ap.parse_args()
     if args.summarize_only:
         summarize_partial(Path(args.out_dir), args.model)
+        return
+    if args.compare:
+        print(compare_table(args.compare.split(",")))
         return
 
     import torch
@@ -59,6 +64,8 @@ def main() -> None:
     from endorm.io import JsonlWriter, read_jsonl
     from endorm.reward_model import EndogenousRewardModel
 
+    if not args.model or not args.out_dir:
+        ap.error("--model and --out-dir are required")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
@@ -135,6 +142,29 @@ def summarize_partial(out: Path, model: str) -> None:
     (out / "results-partial.json").write_text(json.dumps(report._nan_to_none(summary), indent=1) + "\n")
     (out / "table-partial.md").write_text(report.markdown(summary))
     print(report.markdown(summary))
+
+
+def compare_table(paths: list[str]) -> str:
+    """RM-Bench accuracy per (model, method): domains, levels, and EndoRM minus the best judge."""
+    judges = ("genrm-pointwise", "verifier", "genrm-pairwise")
+    lines = ["| model | method | n/domain | chat | code | safety | easy | normal | hard | avg |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    gaps = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        ms = d["methods"]
+        for name, r in ms.items():
+            dom = r["domains"]
+            n = sorted({v["n"] for v in dom.values()})
+            cells = [dom.get(k, {}).get("avg") for k in ("chat", "code", "safety")]
+            cells += [r["overall"].get(k) for k in ("easy", "normal", "hard", "avg")]
+            fmt = ["—" if c is None else f"{c:.1f}" for c in cells]
+            lines.append(f"| {d['model']} | {name} | {'/'.join(map(str, n))} | " + " | ".join(fmt) + " |")
+        best = max((ms[j]["overall"]["avg"] for j in judges if j in ms), default=None)
+        if best is not None and "endorm" in ms:
+            gaps.append(f"{d['model']}: endorm {ms['endorm']['overall']['avg']:.1f} - best judge {best:.1f} = "
+                        f"{ms['endorm']['overall']['avg'] - best:+.1f} points")
+    return "\n".join(lines + [""] + gaps)
 
 
 if __name__ == "__main__":
