@@ -66,7 +66,7 @@ def run(config: Config) -> int:
             print(json.dumps(r))
         return 0
     print(format_table(rows))
-    print(f"\ncache: {cache_dir() / 'models'}   fetch one with: endorm download NAME")
+    print(f"\ncache: {cache_dir() / 'models'}   fetch one with: endorm download --name NAME")
     if config.verbose:
         for spec in REGISTRY.values():
             print(f"\n{spec.name}: {spec.description}")
