@@ -1,0 +1,201 @@
+"""Evaluate reward methods on RM-Bench, DSP, preference pairs or best-of-N (accuracy tables, plot).
+
+``endorm eval --benchmark rm-bench --method endorm,genrm-pointwise --limit 20`` scores a seeded subset
+of 20 prompts per RM-Bench domain with two methods on the default model and writes, under
+``--output-dir``: ``examples.jsonl`` (every score of every item; the run resumes from it),
+``results.json`` (accuracies by domain / difficulty / subset, n, settings, time), ``table.md`` (laid
+out like the paper's Table 1 or Table 2) and ``plot.png``. ``--merge dirA,dirB`` combines finished
+runs of one benchmark into one table and plot without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from endorm.eval import metrics as M
+from endorm.eval.data import BENCHMARKS, load_benchmark
+from endorm.eval.harness import record_key, systems_for
+from endorm.eval.methods import METHODS, NEEDS_EXTRA_MODEL, StatsMemo, build_method
+from endorm.eval.prompts import DSP_DOMAINS
+
+log = logging.getLogger(__name__)
+
+# settings that change scores: a resumed run must use the same ones
+SCORE_SETTINGS = ("benchmark", "data", "model", "dtype", "alpha", "gamma", "aggregation", "system_prompt",
+                  "judge_greedy", "ref_model", "beta", "classifier_model", "max_length", "seed")
+
+
+@dataclass
+class Config:
+    benchmark: str = field(default="rm-bench", metadata={"help": f"one of {', '.join(BENCHMARKS)}"})
+    method: str = field(default="endorm", metadata={
+        "help": f"comma-separated methods: {', '.join(METHODS)}; 'all' = every method that needs no extra model"})
+    data: str | None = field(default=None, metadata={
+        "help": "local file/dir or Hugging Face hub id (default for rm-bench and dsp: the shared data)"})
+    domains: str | None = field(default=None, metadata={
+        "help": "RM-Bench domains, comma-separated (chat,math,code,safety; default: all in the data)"})
+    dsp_systems: str = field(default=",".join(DSP_DOMAINS), metadata={
+        "help": "DSP system prompts to score under (add 'none' for the model's default)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "seeded random subset: items per domain (RM-Bench) or in all (other benchmarks)"})
+    seed: int = field(default=0, metadata={"help": "seed of the --limit subset"})
+    model: str | None = field(default=None, metadata={
+        "help": "base model: registry name, GGUF file, local dir or hub id (default: SmolLM2-135M-Instruct)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, mps ..."})
+    alpha: float = field(default=1.0, metadata={"help": "endorm: temperature alpha"})
+    gamma: float = field(default=1.0, metadata={"help": "endorm: discount for the discounted/logprob aggregations"})
+    aggregation: str = field(default="sum", metadata={"help": "endorm: sum | mean | discounted | logprob"})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system prompt for rows without their own (not DSP, which uses its domain prompts)"})
+    judge_greedy: bool = field(default=False, metadata={
+        "help": "genrm-pointwise: use the greedily generated rating instead of the expected rating"})
+    ref_model: str | None = field(default=None, metadata={"help": "dpo-implicit: the reference model"})
+    beta: float = field(default=0.1, metadata={"help": "dpo-implicit: beta"})
+    classifier_model: str | None = field(default=None, metadata={
+        "help": "classifier: an AutoModelForSequenceClassification reward model (local dir or hub id)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    chunk_size: int = field(default=1024, metadata={"help": "positions per output-layer chunk"})
+    max_length: int | None = field(default=None, metadata={"help": "context window (default: the model's)"})
+    items_per_batch: int = field(default=4, metadata={"help": "items scored (and saved) together"})
+    output_dir: str = field(default="runs/eval", metadata={"help": "where the outputs go"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --output-dir"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run in --output-dir"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    plot: bool = field(default=True, metadata={"help": "write plot.png"})
+    merge: str | None = field(default=None, metadata={
+        "help": "comma-separated finished run dirs (or results.json files) to combine; no model is loaded"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+def parse_methods(spec: str) -> list[str]:
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if names == ["all"]:
+        return [m for m in METHODS if m not in NEEDS_EXTRA_MODEL]
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)} or 'all'")
+    if not names:
+        raise ValueError("--method is empty")
+    return list(dict.fromkeys(names))
+
+
+def _split(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def load_models(cfg: Config, methods: list[str], model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    from endorm.reward_model import EndogenousRewardModel
+
+    rc = dict(alpha=cfg.alpha, gamma=cfg.gamma, aggregation=cfg.aggregation, batch_size=cfg.batch_size,
+              chunk_size=cfg.chunk_size, max_length=cfg.max_length)
+    if model is None:
+        rm = EndogenousRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, **rc)
+    else:
+        rm = EndogenousRewardModel.from_model(model, tokenizer, **rc)
+    out: dict[str, Any] = {"rm": rm}
+    if "dpo-implicit" in methods:
+        if not cfg.ref_model:
+            raise ValueError("--method dpo-implicit needs --ref-model")
+        out["ref_rm"] = EndogenousRewardModel.from_pretrained(cfg.ref_model, dtype=cfg.dtype, device=cfg.device, **rc)
+    if "classifier" in methods:
+        if not cfg.classifier_model:
+            raise ValueError("--method classifier needs --classifier-model")
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        clf = AutoModelForSequenceClassification.from_pretrained(cfg.classifier_model).to(cfg.device)
+        out["classifier"] = (clf, AutoTokenizer.from_pretrained(cfg.classifier_model))
+    return out
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Finished records; a last line still being written (no newline yet) is not one."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")[:-1]  # everything after the last newline is unfinished
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, Any] | None = None) -> int:
+    """Run ``endorm eval``. Tests pass an in-memory ``model``/``tokenizer`` (and ``extra``: ref_rm,
+    classifier) instead of loading by name."""
+    from endorm.eval import report
+
+    out_dir = Path(cfg.output_dir)
+    if cfg.merge:
+        summary = report.merge(_split(cfg.merge) or [])
+        paths = report.write_outputs(summary, out_dir, cfg.plot)
+        print(report.markdown(summary))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    methods = parse_methods(cfg.method)
+    if cfg.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {cfg.benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    items = load_benchmark(cfg.benchmark, cfg.data, _split(cfg.domains), cfg.limit, cfg.seed)
+    if cfg.system_prompt and cfg.benchmark != "dsp":
+        for it in items:
+            it.system = it.system if it.system is not None else cfg.system_prompt
+    if not items:
+        raise ValueError("no items to evaluate")
+
+    model_name = cfg.model or "SmolLM2-135M-Instruct (default)"
+    if model is not None:
+        model_name = cfg.model or type(model).__name__
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("merge", "progress")}
+    settings_path = out_dir / "settings.json"
+    records_path = out_dir / "examples.jsonl"
+    if cfg.resume and settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        diff = [k for k in SCORE_SETTINGS if old.get(k) != settings.get(k)]
+        if diff:
+            raise ValueError(f"--resume: {out_dir} was run with other settings ({', '.join(diff)}); "
+                             "use another --output-dir or --overwrite")
+    t_start = time.perf_counter()
+    systems = [name for name, _ in systems_for(items, _split(cfg.dsp_systems) or DSP_DOMAINS)]
+    wanted = {record_key(m, it.id, s) for m in methods for it in items for s in systems}
+    done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
+    n_new = 0
+    if wanted <= done:  # everything is scored already: only summarise (no model, examples.jsonl untouched)
+        log.info("all %d items are scored already in %s; summarising", len(items), records_path)
+    else:
+        n_new = _score(cfg, methods, items, records_path, settings, model, tokenizer, extra)
+    elapsed = time.perf_counter() - t_start
+    recs = [r for r in read_records(records_path) if r["key"] in wanted]
+    summary = {
+        "benchmark": cfg.benchmark, "model": model_name, "methods": report.summarize(recs),
+        "n_items": len(items), "subset": f"seeded random subset, --limit {cfg.limit} --seed {cfg.seed}"
+        if cfg.limit else "all items", "tie_rule": M.TIE_RULE, "settings": settings,
+        "elapsed_s_this_invocation": round(elapsed, 1), "new_records": n_new,
+    }
+    summary["methods"] = {m: summary["methods"][m] for m in methods if m in summary["methods"]}
+    paths = report.write_outputs(summary, out_dir, cfg.plot)
+    print(report.markdown(summary))
+    print("wrote " + ", ".join(str(p) for p in [records_path, *paths.values()]))
+    return 0
+
+
+def _score(cfg: Config, methods: list[str], items: list, records_path: Path, settings: dict[str, Any],
+           model: Any, tokenizer: Any, extra: dict[str, Any] | None) -> int:
+    from endorm.eval.harness import evaluate
+    from endorm.io import JsonlWriter
+
+    with JsonlWriter(records_path, resume=cfg.resume, overwrite=cfg.overwrite) as writer:
+        (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
+        base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
+        loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}
+        memo = StatsMemo()
+        objs = [build_method(m, loaded["rm"], memo, cfg.judge_greedy, loaded.get("ref_rm"), cfg.beta,
+                             loaded.get("classifier")) for m in methods]
+        return evaluate(objs, items, done, writer.write, cfg.items_per_batch,
+                        _split(cfg.dsp_systems) or DSP_DOMAINS, memo, cfg.progress)
