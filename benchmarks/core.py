@@ -98,7 +98,7 @@ def bench_throughput(rm, groups, repeats: int) -> dict:
         with torch.no_grad():
             for b in batches:
                 ids, attn, _, pos = pad_batch(b, rm._pad_id)
-                rm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+                _ = rm.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
 
     def endorm():
         for b in batches:
@@ -129,7 +129,7 @@ def bench_shared(rm, groups) -> dict:
     t_alone = time.perf_counter() - t
     return {"prompts": len(groups), "responses": len(responses), "shared_s": round(t_shared, 1),
             "alone_s": round(t_alone, 1), "speedup": round(t_alone / t_shared, 2),
-            "max_abs_diff": max(abs(a - b) for a, b in zip(shared, alone))}
+            "max_abs_diff": max(abs(a - b) for a, b in zip(shared, alone, strict=True))}
 
 
 def bench_invariance(rm, groups) -> dict:
@@ -144,7 +144,7 @@ def bench_invariance(rm, groups) -> dict:
             st = compute_stats(rm.model, enc, batch_size=bs, share_prompts=False, padding_side=side, pad_id=rm._pad_id)
             runs[(bs, side)] = [rm.outcome(s)[1] for s in st]
     ref = runs[(1, "right")]
-    return {"rows": len(enc), "max_abs_diff": max(abs(a - b) for r in runs.values() for a, b in zip(r, ref))}
+    return {"rows": len(enc), "max_abs_diff": max(abs(a - b) for r in runs.values() for a, b in zip(r, ref, strict=True))}
 
 
 def main() -> None:

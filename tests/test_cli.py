@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+import endorm.scoring as scoring
 from endorm import EndogenousRewardModel
 from endorm.cli import main
-import endorm.scoring as scoring
 from endorm.commands import score as score_cmd
 
 ROWS = [
@@ -45,7 +45,7 @@ def test_score_keeps_fields_and_matches_api(tmp_path, model_dir):
     assert run_score(model_dir, inp, out, "--tokens") == 0
     got = read_rows(out)
     assert [r["id"] for r in got] == [1, 2, 3, 4, 5]
-    for r, src in zip(got, ROWS):
+    for r, src in zip(got, ROWS, strict=True):
         assert {k: r[k] for k in src} == src
         assert r["token_rewards"]["total"] == pytest.approx(r["reward"])
         assert len(r["token_rewards"]["rewards"]) == len(r["token_rewards"]["tokens"])
@@ -64,7 +64,7 @@ def test_yaml_config_and_flags(tmp_path, model_dir):
     mean = [r["reward"] for r in read_rows(out)]
     assert main(["score", "--config", str(cfg), "--aggregation", "sum", "--overwrite"]) == 0
     total = [r["reward"] for r in read_rows(out)]
-    assert all(abs(m) < abs(t) for m, t in zip(mean, total))
+    assert all(abs(m) < abs(t) for m, t in zip(mean, total, strict=True))
 
 
 def test_resume_after_interruption(tmp_path, model_dir, monkeypatch):

@@ -26,7 +26,7 @@ def test_chunked_head_equals_full_logits(tiny):
     ref = compute_stats(model, enc, full_logits=True, batch_size=len(enc))
     for chunk in (1, 3, 1024):
         got = compute_stats(model, enc, chunk_size=chunk, share_prompts=False)
-        for a, b in zip(ref, got):
+        for a, b in zip(ref, got, strict=True):
             torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
             torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=0)
 
@@ -51,7 +51,7 @@ def test_batch_and_padding_invariance(tiny, batch_size, padding_side):
     enc = [encode(tok, e) for e in all_examples()]
     alone = [compute_stats(model, [e], share_prompts=False)[0] for e in enc]
     together = compute_stats(model, enc, batch_size=batch_size, share_prompts=False, padding_side=padding_side)
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert a.token_ids == b.token_ids
         torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
         torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=0)
@@ -63,7 +63,7 @@ def test_shared_prompt_equals_scoring_alone(tiny, batch_size):
     rm = EndogenousRewardModel.from_model(model, tok, batch_size=batch_size)
     shared = rm.score([PROMPT] * len(RESPONSES), RESPONSES)
     alone = [rm.with_config(share_prompts=False).score([PROMPT], [r])[0] for r in RESPONSES]
-    for a, b in zip(shared, alone):
+    for a, b in zip(shared, alone, strict=True):
         assert abs(a - b) <= 1e-4
 
 
@@ -72,7 +72,7 @@ def test_score_order_and_company(tiny_rm):
     responses = RESPONSES + [r for _, r in OTHER]
     full = tiny_rm.score(prompts, responses)
     rev = tiny_rm.score(prompts[::-1], responses[::-1])[::-1]
-    assert max(abs(a - b) for a, b in zip(full, rev)) <= 1e-4
+    assert max(abs(a - b) for a, b in zip(full, rev, strict=True)) <= 1e-4
     assert tiny_rm.score([prompts[5]], [responses[5]])[0] == pytest.approx(full[5], abs=1e-4)
     assert len(set(round(x, 3) for x in full)) == len(full)  # different texts, different rewards
 

@@ -106,7 +106,7 @@ def check_special_tokens(tokenizer: Any, example: Example) -> None:
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -130,7 +130,7 @@ class EndogenousRewardModel:
         if len(systems) != len(prompts):
             raise ValueError(f"{len(systems)} systems for {len(prompts)} prompts")
         out = []
-        for i, (p, r, s) in enumerate(zip(prompts, responses, systems)):
+        for i, (p, r, s) in enumerate(zip(prompts, responses, systems, strict=True)):
             for name, v in (("prompt", p), ("response", r)):
                 if not isinstance(v, str):
                     raise TypeError(f"row {i}: {name} must be a string, got {type(v).__name__}")
@@ -174,7 +174,7 @@ class EndogenousRewardModel:
     ) -> list[float]:
         """Outcome rewards of the last (assistant) message of each conversation."""
         systems = list(systems) if systems is not None else [None] * len(conversations)
-        return self.score_examples([Example(list(m), s, row=i) for i, (m, s) in enumerate(zip(conversations, systems))])
+        return self.score_examples([Example(list(m), s, row=i) for i, (m, s) in enumerate(zip(conversations, systems, strict=True))])
 
     def token_rewards(
         self,

@@ -201,7 +201,7 @@ def compute_stats(
     for idx in groups.values():
         if share_prompts and len(idx) > 1 and not full_logits:
             for i, s in zip(idx, stats_shared_prompt(model, [examples[i] for i in idx], alpha, chunk_size,
-                                                     batch_size, pad_id)):
+                                                     batch_size, pad_id), strict=True):
                 results[i] = s
         else:
             singles.extend(idx)
@@ -209,6 +209,6 @@ def compute_stats(
     for k in range(0, len(singles), batch_size):
         idx = singles[k : k + batch_size]
         stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id)
-        for i, s in zip(idx, stats):
+        for i, s in zip(idx, stats, strict=True):
             results[i] = s
     return results  # type: ignore[return-value]

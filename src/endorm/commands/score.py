@@ -8,6 +8,7 @@ continues an interrupted run with no duplicates and no gaps.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
         return
     if done > len(rows):
         raise ValueError(f"{out_path} has {done} rows but the input only {len(rows)}: not the same run")
-    *_, last = (r for _, r in zip(range(done), _iter_jsonl_rows(out_path)))
+    *_, last = itertools.islice(_iter_jsonl_rows(out_path), done)
     expected = rows[done - 1]
     if any(last.get(k) != v for k, v in expected.items() if k not in ("reward", "token_rewards")):
         raise ValueError(f"{out_path} row {done} does not match input row {done}: not the same input; "
@@ -131,7 +132,7 @@ def _clip(text: str, n: int) -> str:
 def _print_table(path: str, n: int) -> None:
     if n <= 0:
         return
-    rows = [r for _, r in zip(range(n), _iter_jsonl_rows(path))]
+    rows = list(itertools.islice(_iter_jsonl_rows(path), n))
     print(f"{'prompt':<42} {'response':<42} {'reward':>9}")
     for r in rows:
         prompt = r.get("prompt") or (r["messages"][-2]["content"] if len(r.get("messages", [])) > 1 else "")
