@@ -53,6 +53,7 @@ def test_rmbench_outputs(tmp_path, tiny, rmb_file):
     e = res["methods"]["endorm"]
     assert set(e["domains"]) == {"chat", "safety"} and e["domains"]["chat"]["n"] == 3 and e["n"] == 5
     assert {"easy", "normal", "hard", "avg"} <= set(e["overall"])
+    assert set(e["subsets"]) == {"alpacaeval", "xstest-should-respond"} and e["subsets"]["alpacaeval"]["n"] == 3
     assert "tie" in res["tie_rule"] and res["settings"]["alpha"] == 1.0 and "elapsed_s" in e
     recs = records(tmp_path)
     assert len(recs) == 15 and all(len(r["margins"]) == 9 for r in recs)

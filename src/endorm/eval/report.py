@@ -63,18 +63,22 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def summarize_rmbench(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     domains: dict[str, list] = defaultdict(list)
+    subsets: dict[str, list] = defaultdict(list)
     for r in recs:
         cube = [[float("nan")] * 3 for _ in range(3)]
         for i, j, m in r["margins"]:
             cube[i][j - 3] = _m(m)
         domains[r["domain"]].append(cube)
+        subsets[r.get("subset") or r["domain"]].append(cube)
     per = {}
     for d, cubes in domains.items():
         mat = M.rmbench_matrix(cubes)
         per[d] = {**{k: 100 * v for k, v in M.rmbench_levels(mat).items()},
                   "matrix": [[100 * x for x in row] for row in mat], "n": len(cubes)}
     overall = {k: M.mean([per[d][k] for d in per]) for k in ("easy", "normal", "hard", "avg")}
-    return {"domains": per, "overall": overall, "n": sum(p["n"] for p in per.values())}
+    by_subset = {s: {**{k: 100 * v for k, v in M.rmbench_levels(M.rmbench_matrix(c)).items()}, "n": len(c)}
+                 for s, c in sorted(subsets.items())}
+    return {"domains": per, "overall": overall, "subsets": by_subset, "n": sum(p["n"] for p in per.values())}
 
 
 def summarize_dsp(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
