@@ -151,24 +151,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_core.json"))
+    ap.add_argument("--parts", default="memory,throughput,shared,invariance", help="comma-separated subset to run")
     args = ap.parse_args()
     import torch
 
     from endorm import EndogenousRewardModel
 
     res: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}",
-                 "torch": torch.__version__, "command": "python benchmarks/core.py" + (" --quick" if args.quick else "")}
+                 "torch": torch.__version__, "command": "python " + " ".join(sys.argv)}
     t0 = time.perf_counter()
-    res["memory"] = bench_memory(151_936, 1024 if args.quick else 4096, 64, 512)
-    print("memory", res["memory"], flush=True)
+    parts = set(args.parts.split(","))
+    if "memory" in parts:
+        res["memory"] = bench_memory(151_936, 1024 if args.quick else 4096, 64, 512)
+        print("memory", res["memory"], flush=True)
     rm = EndogenousRewardModel.from_pretrained()
     groups = _rmbench_groups(3 if args.quick else 6)
-    res["throughput"] = bench_throughput(rm, _rmbench_groups(8 if args.quick else 16, seed=1), 1 if args.quick else 3)
-    print("throughput", res["throughput"], flush=True)
-    res["shared_prompts"] = bench_shared(rm, groups)
-    print("shared_prompts", res["shared_prompts"], flush=True)
-    res["invariance"] = bench_invariance(rm, groups)
-    print("invariance", res["invariance"], flush=True)
+    if "throughput" in parts:
+        res["throughput"] = bench_throughput(rm, _rmbench_groups(8 if args.quick else 16, seed=1), 1 if args.quick else 3)
+        print("throughput", res["throughput"], flush=True)
+    if "shared" in parts:
+        res["shared_prompts"] = bench_shared(rm, groups)
+        print("shared_prompts", res["shared_prompts"], flush=True)
+    if "invariance" in parts:
+        res["invariance"] = bench_invariance(rm, groups)
+        print("invariance", res["invariance"], flush=True)
     res["elapsed_s"] = round(time.perf_counter() - t0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

@@ -155,3 +155,16 @@ def test_context_window(tiny_rm, caplog):
     assert isinstance(s, float)
     with pytest.raises(RowError, match="row 0.*response.*context window of 64"):
         rm.score(["hi"], ["word " * 100])
+
+
+def test_length_batches():
+    from endorm.scoring import length_batches
+
+    lengths = [10, 600, 50, 590, 55, 12, 580]
+    batches = length_batches(lengths, batch_size=8)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every row exactly once
+    assert batches[0] == [1, 3, 6]  # the long ones together
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert longest * len(b) <= 1.25 * sum(lengths[i] for i in b)
+    assert all(len(b) <= 2 for b in length_batches(lengths, batch_size=2))

@@ -148,9 +148,9 @@ def stats_shared_prompt(
     P = len(prompt) - 1
     out = dec(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
     prefix_cache = out.past_key_values
-    results: list[TokenStats] = []
-    for i in range(0, len(group), batch_size):
-        chunk = group[i : i + batch_size]
+    results: list[TokenStats | None] = [None] * len(group)
+    for idx in length_batches([len(e.response_ids) for e in group], batch_size):
+        chunk = [group[i] for i in idx]
         S = 1 + max(len(e.response_ids) for e in chunk)
         ids = torch.full((len(chunk), S), pad_id, dtype=torch.long, device=device)
         attn = torch.zeros((len(chunk), P + S), dtype=torch.long, device=device)
@@ -168,8 +168,31 @@ def stats_shared_prompt(
                      cache_position=torch.arange(P, P + S, device=device), use_cache=True)[0]  # [b, S, H]
         states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # [b, S-1, H], [b, S-1]
         logp, vals = reduce_chunked(head, states[act], labels[act], alpha, chunk_size)  # [N]
-        results.extend(_split(chunk, logp, vals))
-    return results
+        for i, st in zip(idx, _split(chunk, logp, vals), strict=True):
+            results[i] = st
+    return results  # type: ignore[return-value]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Group indices into batches of similar length, longest first.
+
+    A batch closes when it holds ``batch_size`` rows or when adding the next row would make padding
+    more than ``max_padding`` of the batch's real tokens: on a CPU padded positions cost as much as
+    real ones, so mixing a 50-token and a 600-token response in one batch wastes most of the work.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    real = 0
+    for i in order:
+        if cur and (len(cur) == batch_size or lengths[cur[0]] * (len(cur) + 1) > (1 + max_padding) * (real + lengths[i])):
+            batches.append(cur)
+            cur, real = [], 0
+        cur.append(i)
+        real += lengths[i]
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _split(batch: Sequence[Encoded], logp: torch.Tensor, vals: torch.Tensor) -> list[TokenStats]:
@@ -205,9 +228,8 @@ def compute_stats(
                 results[i] = s
         else:
             singles.extend(idx)
-    singles.sort(key=lambda i: len(examples[i].input_ids), reverse=True)  # similar lengths pad less
-    for k in range(0, len(singles), batch_size):
-        idx = singles[k : k + batch_size]
+    for batch in length_batches([len(examples[i].input_ids) for i in singles], batch_size):
+        idx = [singles[b] for b in batch]
         stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id)
         for i, s in zip(idx, stats, strict=True):
             results[i] = s
