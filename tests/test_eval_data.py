@@ -37,6 +37,9 @@ def test_rmbench_subset_is_seeded_and_nested(shared_data):
     d = load_rmbench(shared_data / "rm-bench", ["chat", "safety"], limit=10, seed=4)
     assert [i.id for i in a] == [i.id for i in b] and len(a) == 20
     assert {i.id for i in a} < {i.id for i in c}
+    # scored in this order, a stopped run has done a prefix = the subset of a smaller limit, both domains alike
+    assert [i.id for i in c][: len(a)] == [i.id for i in a]
+    assert [i.domain for i in a[:4]] == ["chat", "safety", "chat", "safety"]
     assert {i.id for i in a} != {i.id for i in d}
     with pytest.raises(ValueError, match="math"):
         load_rmbench(shared_data / "rm-bench", ["math"])
