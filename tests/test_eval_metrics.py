@@ -47,3 +47,8 @@ def test_best_of_n_tie_split():
     assert M.best_of_n_credit([1.0, 3.0, 2.0, 0.0], best=0) == 0.0
     assert M.best_of_n_credit([float("nan"), 1.0], best=0) == 0.0  # NaN never wins
     assert M.best_of_n_credit([2.0, float("nan")], best=0) == 1.0
+
+
+def test_standard_error():
+    assert M.standard_error([0.0, 1.0]) == pytest.approx(0.5)
+    assert math.isnan(M.standard_error([1.0]))

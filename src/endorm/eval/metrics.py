@@ -69,3 +69,12 @@ def best_of_n_credit(scores: Sequence[float], best: int) -> float:
 def mean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if not math.isnan(x)]
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def standard_error(xs: Sequence[float]) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)); NaN for fewer than 2 values."""
+    xs = [x for x in xs if not math.isnan(x)]
+    if len(xs) < 2:
+        return float("nan")
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))

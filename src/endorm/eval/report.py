@@ -74,8 +74,10 @@ def summarize_rmbench(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for d, cubes in domains.items():
         mat = M.rmbench_matrix(cubes)
         per[d] = {**{k: 100 * v for k, v in M.rmbench_levels(mat).items()},
-                  "matrix": [[100 * x for x in row] for row in mat], "n": len(cubes)}
+                  "matrix": [[100 * x for x in row] for row in mat], "n": len(cubes),
+                  "se": 100 * M.standard_error([M.accuracy([m for row in c for m in row]) for c in cubes])}
     overall = {k: M.mean([per[d][k] for d in per]) for k in ("easy", "normal", "hard", "avg")}
+    overall["se"] = math.sqrt(sum(per[d]["se"] ** 2 for d in per)) / len(per) if per else float("nan")
     by_subset = {s: {**{k: 100 * v for k, v in M.rmbench_levels(M.rmbench_matrix(c)).items()}, "n": len(c)}
                  for s, c in sorted(subsets.items())}
     return {"domains": per, "overall": overall, "subsets": by_subset, "n": sum(p["n"] for p in per.values())}
@@ -130,8 +132,9 @@ def rmbench_table(results: dict[str, dict[str, Any]], paper: bool = True) -> str
         cells = [_f(doms[d]["avg"]) if d in doms else "—" for d in RMBENCH_COLUMNS]
         o = res["overall"]
         n = "/".join(str(doms[d]["n"]) for d in RMBENCH_COLUMNS if d in doms)
-        lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(_f(o[k]) for k in ("easy", "normal", "hard", "avg"))
-                     + f" | {n} |")
+        avg = f"{_f(o['avg'])} ± {_f(o.get('se'))}"
+        lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(_f(o[k]) for k in ("easy", "normal", "hard"))
+                     + f" | {avg} | {n} |")
     if paper:
         for method, fig in PAPER_TABLE1.items():
             cells = [_f(fig.get(k)) for k in RMBENCH_COLUMNS + ("easy", "normal", "hard", "avg")]
@@ -177,7 +180,9 @@ def markdown(summary: dict[str, Any]) -> str:
         body = dsp_tables(results)
     else:
         body = subset_table(results)
-    note = f"\n\nAccuracy in %. {M.TIE_RULE}." + (f" {M.BON_TIE_RULE}." if bench == "best-of-n" else "")
+    note = f"\n\nAccuracy in %. {M.TIE_RULE}."
+    if bench == "rm-bench":
+        note += " Avg ± its standard error over prompts (a prompt's accuracy is the mean of its 9 comparisons)." + (f" {M.BON_TIE_RULE}." if bench == "best-of-n" else "")
     times = "\n\nScoring time: " + ", ".join(f"{m} {r['elapsed_s']:.0f} s" for m, r in results.items())
     return title + body + note + times + "\n"
 
