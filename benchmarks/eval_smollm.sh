@@ -27,7 +27,10 @@ case "${1:-}" in
     methods=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['method'])" "$OUT/$step/settings.json")
     $E --benchmark $bench --method "$methods" --limit "$K" --output-dir "$OUT/$step" --progress false ;;
   tables)
-    endorm eval --benchmark rm-bench --merge "$OUT/rm-endorm,$OUT/rm-judges,$OUT/rm-pairwise" --output-dir "$OUT/rm-bench"
-    endorm eval --benchmark dsp --merge "$OUT/dsp-endorm${DSP_JUDGES:+,$OUT/dsp-judges}" --output-dir "$OUT/dsp" ;;
+    # after `summarize` of each step (K per step) and, optionally, benchmarks/eval_derived.py into *-endorm-mean
+    rm="$OUT/rm-endorm"; for d in rm-endorm-mean rm-judges rm-pairwise; do [[ -f $OUT/$d/results.json ]] && rm="$rm,$OUT/$d"; done
+    dsp="$OUT/dsp-endorm"; for d in dsp-endorm-mean dsp-judges; do [[ -f $OUT/$d/results.json ]] && dsp="$dsp,$OUT/$d"; done
+    endorm eval --benchmark rm-bench --merge "$rm" --output-dir "$OUT/rm-bench"
+    endorm eval --benchmark dsp --merge "$dsp" --output-dir "$OUT/dsp" ;;
   *) echo "usage: $0 rm-endorm|dsp-endorm|rm-judges|rm-pairwise|dsp-judges|summarize STEP|tables" >&2; exit 2 ;;
 esac
