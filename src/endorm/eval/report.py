@@ -198,13 +198,15 @@ def plot(summary: dict[str, Any], path: str | Path) -> None:
     methods = list(results)
     if bench == "dsp":
         fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4), squeeze=False)
-        for ax, m in zip(axes[0], methods, strict=True):
+        for k, (ax, m) in enumerate(zip(axes[0], methods, strict=True)):
             t = results[m]["table"]
             rows = [s for s in [*DSP_DOMAINS, "none"] if s in t]
             data = [[t[s][d] for d in DSP_DOMAINS] for s in rows]
             im = ax.imshow(data, vmin=0, vmax=100, cmap="viridis")
             ax.set_xticks(range(len(DSP_DOMAINS)), [d[:5] for d in DSP_DOMAINS])
-            ax.set_yticks(range(len(rows)), rows)
+            ax.set_yticks(range(len(rows)), [r[:5] for r in rows] if k == 0 else [])
+            if k == 0:
+                ax.set_ylabel("system prompt")
             for a, row in enumerate(data):
                 for b, v in enumerate(row):
                     ax.text(b, a, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
