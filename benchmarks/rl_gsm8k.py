@@ -68,7 +68,7 @@ def compare(before: str, after: list[str]) -> dict:
 
     base = {r["id"]: r for r in _records(before)}
     out = {}
-    rows = [("before", before)] + [tuple(a.split("=", 1)) for a in after]
+    rows = [("before", before)] + [tuple(a.rsplit("=", 1)) for a in after]
     for name, path in rows:
         recs = _records(path)
         ok = sum(bool(r["correct"][0]) for r in recs)
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plot", help="one figure with every run's reward/KL/length/entropy curves")
     p.add_argument("--runs", nargs="+", required=True, help="label=run_dir (holding curves.csv)")
     p.add_argument("--out", default="docs/figures/rl_curves.png")
+    p.add_argument("--panels", nargs="+", default=["reward", "kl", "completion_length", "entropy"],
+                   help="curves.csv columns, one panel each")
     c = sub.add_parser("compare", help="before/after accuracy with CIs and completion statistics")
     c.add_argument("--before", required=True)
     c.add_argument("--after", nargs="*", default=[], help="label=path/to/gsm8k.jsonl")
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "plot":
         from endorm.rl.logging import plot_curves
 
-        runs = dict(r.split("=", 1) for r in args.runs)
-        print(plot_curves({k: Path(v) / "curves.csv" for k, v in runs.items()}, args.out))
+        runs = dict(r.rsplit("=", 1) for r in args.runs)
+        print(plot_curves({k: Path(v) / "curves.csv" for k, v in runs.items()}, args.out, panels=tuple(args.panels)))
     elif args.cmd == "compare":
         res = compare(args.before, args.after)
         print_compare(res)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(res, indent=2))
     else:
         for r in args.runs:
-            label, d = r.split("=", 1)
+            label, d = r.rsplit("=", 1)
             print(label, json.dumps({k: round(v, 4) for k, v in curve_summary(d).items()}))
     return 0
 
