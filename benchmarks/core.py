@@ -117,19 +117,43 @@ def bench_throughput(rm, groups, repeats: int) -> dict:
             "ratio": round(tb / te, 3)}
 
 
+def _gsm8k_best_of_n(n_prompts: int, n_shots: int = 8, seed: int = 0):
+    """Best-of-N with a long shared prompt: an n-shot GSM8K prompt and the six answers of six other items."""
+    from endorm.paths import shared_data_dir
+
+    rows = [json.loads(x) for x in (shared_data_dir() / "gsm8k" / "train.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(n_prompts):
+        items = rng.sample(rows, n_shots + 7)
+        shots = "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in items[:n_shots])
+        q = items[n_shots]
+        prompt = f"{shots}\n\nQuestion: {q['question']}\nAnswer:"
+        groups.append((prompt, [q["answer"]] + [r["answer"] for r in items[n_shots + 2 :]]))
+    return groups
+
+
 def bench_shared(rm, groups) -> dict:
-    prompts = [p for p, rs in groups for _ in rs]
-    responses = [r for _, rs in groups for r in rs]
-    alone_rm = rm.with_config(share_prompts=False, batch_size=1)
+    """The same rows scored with the prompt's cache reused (batch 8) vs each pair alone (batch 1)."""
+    from endorm.chat import Example
+    from endorm.scoring import compute_stats
+
+    enc = [rm.encode(Example.from_pair(p, r)) for p, rs in groups for r in rs]
     t = time.perf_counter()
-    shared = rm.score(prompts, responses)
+    shared = compute_stats(rm.model, enc, batch_size=8, share_prompts=True, pad_id=rm._pad_id)
     t_shared = time.perf_counter() - t
     t = time.perf_counter()
-    alone = alone_rm.score(prompts, responses)
+    alone = [compute_stats(rm.model, [e], share_prompts=False, pad_id=rm._pad_id)[0] for e in enc]
     t_alone = time.perf_counter() - t
-    return {"prompts": len(groups), "responses": len(responses), "shared_s": round(t_shared, 1),
-            "alone_s": round(t_alone, 1), "speedup": round(t_alone / t_shared, 2),
-            "max_abs_diff": max(abs(a - b) for a, b in zip(shared, alone, strict=True))}
+    totals = [(rm.outcome(a)[1], rm.outcome(b)[1]) for a, b in zip(shared, alone, strict=True)]
+    return {"prompts": len(groups), "responses": len(enc),
+            "prompt_tokens_mean": round(statistics.mean(e.prompt_len for e in enc)),
+            "response_tokens_mean": round(statistics.mean(len(e.response_ids) for e in enc)),
+            "shared_s": round(t_shared, 1), "alone_s": round(t_alone, 1), "speedup": round(t_alone / t_shared, 2),
+            "max_abs_diff": max(abs(a - b) for a, b in totals),
+            "max_rel_diff": max(abs(a - b) / max(abs(b), 1e-9) for a, b in totals),
+            "max_token_logprob_diff": max((a.logprobs - b.logprobs).abs().max().item() for a, b in zip(shared, alone, strict=True)),
+            "max_token_value_diff": max((a.values - b.values).abs().max().item() for a, b in zip(shared, alone, strict=True))}
 
 
 def bench_invariance(rm, groups) -> dict:
@@ -171,7 +195,9 @@ def main() -> None:
         print("throughput", res["throughput"], flush=True)
     if "shared" in parts:
         res["shared_prompts"] = bench_shared(rm, groups)
-        print("shared_prompts", res["shared_prompts"], flush=True)
+        print("shared_prompts (RM-Bench chat)", res["shared_prompts"], flush=True)
+        res["shared_prompts_long"] = bench_shared(rm, _gsm8k_best_of_n(2 if args.quick else 4))
+        print("shared_prompts (8-shot GSM8K best-of-6)", res["shared_prompts_long"], flush=True)
     if "invariance" in parts:
         res["invariance"] = bench_invariance(rm, groups)
         print("invariance", res["invariance"], flush=True)
