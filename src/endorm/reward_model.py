@@ -194,18 +194,19 @@ class EndogenousRewardModel:
 
     def token_rewards_examples(self, examples: Sequence[Example]) -> list[TokenRewards]:
         _, stats = self.stats(examples)
-        out = []
-        for s in stats:
-            r, total = self.outcome(s)
-            out.append(TokenRewards(
-                tokens=[self.tokenizer.decode([t]) for t in s.token_ids],
-                token_ids=list(s.token_ids),
-                logprobs=s.logprobs.tolist(),
-                values=s.values.tolist(),
-                rewards=r.tolist(),
-                total=total,
-            ))
-        return out
+        return [self.token_view(s) for s in stats]
+
+    def token_view(self, stats: TokenStats) -> TokenRewards:
+        """The token-level view (decoded tokens, log pi, V, r_t, total) of one response's TokenStats."""
+        r, total = self.outcome(stats)
+        return TokenRewards(
+            tokens=[self.tokenizer.decode([t]) for t in stats.token_ids],
+            token_ids=list(stats.token_ids),
+            logprobs=stats.logprobs.tolist(),
+            values=stats.values.tolist(),
+            rewards=r.tolist(),
+            total=total,
+        )
 
     def with_config(self, **overrides: Any) -> EndogenousRewardModel:
         """The same weights with other settings (e.g. another system prompt or aggregation)."""

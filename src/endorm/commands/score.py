@@ -68,18 +68,14 @@ def _iter_jsonl_rows(path: str):
 
 
 def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool) -> dict[str, Any]:
-    r, total = rm.outcome(stats)
+    """The input row, every field kept, with "reward" (and "token_rewards") added."""
     out = dict(row)
-    out["reward"] = total
     if tokens:
-        out["token_rewards"] = {
-            "tokens": [rm.tokenizer.decode([t]) for t in stats.token_ids],
-            "token_ids": list(stats.token_ids),
-            "logprobs": stats.logprobs.tolist(),
-            "values": stats.values.tolist(),
-            "rewards": r.tolist(),
-            "total": total,
-        }
+        view = rm.token_view(stats)
+        out["reward"] = view.total
+        out["token_rewards"] = view.to_dict()
+    else:
+        out["reward"] = rm.outcome(stats)[1]
     return out
 
 

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 
 from endorm.chat import Encoded, RowError
 from endorm.io import row_to_example
-from endorm.reward_model import EndogenousRewardModel, TokenRewards
+from endorm.reward_model import EndogenousRewardModel
 from endorm.scoring import TokenStats, compute_stats
 from endorm.serve.batcher import DynamicBatcher
 from endorm.serve.openrlhf import QuerySplitter
@@ -52,16 +52,8 @@ class ServeSettings:
 
 
 def _token_rewards(rm: EndogenousRewardModel, stats: TokenStats) -> tuple[float, dict[str, Any]]:
-    r, total = rm.outcome(stats)
-    tr = TokenRewards(
-        tokens=[rm.tokenizer.decode([t]) for t in stats.token_ids],
-        token_ids=list(stats.token_ids),
-        logprobs=stats.logprobs.tolist(),
-        values=stats.values.tolist(),
-        rewards=r.tolist(),
-        total=total,
-    )
-    return total, tr.to_dict()
+    tr = rm.token_view(stats)
+    return tr.total, tr.to_dict()
 
 
 class HTTPError(Exception):
