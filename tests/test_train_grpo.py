@@ -85,3 +85,20 @@ def test_yaml_config_parses_through_cli(tmp_path):
     cfg = parse_config(TrainConfig, ["--config", str(y), "--max_steps", "9"])
     assert (cfg.reward, cfg.beta, cfg.max_steps) == ("majority", 0.1, 9)
     assert TrainConfig().beta == 0.01  # the paper's KL coefficient is the default
+
+
+def test_curve_logger_resume_drops_relogged_steps(tmp_path):
+    from types import SimpleNamespace
+
+    from endorm.rl.logging import CurveLogger, read_curves
+
+    log = CurveLogger(tmp_path, plot_every=0)
+    log.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    for step in (1, 2, 3):
+        log.on_log(None, SimpleNamespace(global_step=step), None, logs={"reward": float(step), "kl": 0.1})
+    # resumed from the checkpoint at step 2: step 3 is logged again
+    again = CurveLogger(tmp_path, plot_every=0)
+    again.on_train_begin(None, SimpleNamespace(global_step=2), None)
+    again.on_log(None, SimpleNamespace(global_step=3), None, logs={"reward": 30.0, "kl": 0.2})
+    cols = read_curves(tmp_path / "curves.csv")
+    assert cols["step"] == [1.0, 2.0, 3.0] and cols["reward"] == [1.0, 2.0, 30.0]

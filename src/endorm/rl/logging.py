@@ -61,6 +61,8 @@ class CurveLogger(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "reward" not in logs:  # the final train summary has no reward
             return
+        if self._rows == 0 and self.csv_path.exists():
+            self._drop_rows_from(state.global_step)
         row: dict[str, Any] = {"step": state.global_step, "elapsed_s": round(time.time() - self._t0, 2)}
         for k, ours in _TRL_KEYS.items():
             if k in logs:
@@ -78,6 +80,17 @@ class CurveLogger(TrainerCallback):
         self._rows += 1
         if self.plot_every and self._rows % self.plot_every == 0:
             plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+    def _drop_rows_from(self, step: int) -> None:
+        # a run resumed from checkpoint k re-logs steps k+1...; drop the rows logged after that checkpoint
+        with self.csv_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) <= 1:
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < step]
+        if len(keep) != len(rows):
+            with self.csv_path.open("w", newline="") as f:
+                csv.writer(f).writerows(keep)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.csv_path.exists():
