@@ -1,4 +1,4 @@
-"""math-eval: generate answers on math benchmarks (GSM8K, MATH-500, AIME24, AMC23, Minerva, OlympiadBench) and grade them.
+"""Generate answers on math benchmarks (GSM8K, MATH-500, AIME24, AMC23, Minerva, OlympiadBench) and grade them.
 
 Greedy decoding gives accuracy (with a 95% Wilson interval); ``--num_samples n --temperature t`` gives
 pass@k for k = 1 and every power of two up to n. Completions are written one JSON line per problem to

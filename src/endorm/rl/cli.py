@@ -1,4 +1,4 @@
-"""train: GRPO (TRL) of a policy on the frozen base model's endogenous reward, or an intrinsic/supervised baseline."""
+"""GRPO (TRL) on the frozen base model's endogenous reward, or an intrinsic/supervised baseline."""
 
 from __future__ import annotations
 
