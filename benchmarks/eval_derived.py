@@ -49,7 +49,7 @@ def main() -> None:
         system = DSP_SYSTEM_PROMPTS.get(r["system"]) if r["system"] else it.system
         n = [len(rm.encode(it.example(k, system)).response_ids) for k in range(len(it.responses))]
         scores = [s / k for s, k in zip(r["scores"], n, strict=True)]
-        recs.append({**r, "method": "endorm-mean", "scores": scores, "n_tokens": n,
+        recs.append({**r, "method": "endorm-mean", "scores": scores, "n_tokens": n, "elapsed_s": 0.0,
                      "margins": [[i, j, margin(scores[i], scores[j])] for i, j, _ in r["margins"]]})
     if len(recs) != len(wanted):
         raise SystemExit(f"{len(wanted) - len(recs)} of {len(wanted)} records are not scored yet in {a.run}")
