@@ -1,6 +1,12 @@
+import os
+
 import pytest
+import torch
 
 from endorm.paths import shared_data_dir
+
+# tiny models are overhead-bound: one thread is as fast, and far faster when the cores are shared
+torch.set_num_threads(int(os.environ.get("ENDORM_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")
