@@ -8,8 +8,9 @@
    the real setting.
 2. throughput: endorm scoring vs the bare forward pass (`model(input_ids).logits`) of the default
    model on the same padded batches, tokens/s, interleaved repeats, median.
-3. shared prompts: RM-Bench chat prompts with their six responses each, scored with the prompt's
-   KV cache reused vs each pair alone: speedup and max |score difference|.
+3. shared prompts: RM-Bench chat prompts with their six responses each (and 8-shot GSM8K best-of-6),
+   scored with the prompt's KV cache reused vs each pair alone in one forward pass: speedup and max
+   |score difference|; and vs each pair alone through the default (cached) path: max |difference|.
 4. invariance: the same rows scored with batch size 1 / 8 and left / right padding: max |difference|.
 """
 
@@ -145,11 +146,15 @@ def bench_shared(rm, groups) -> dict:
     t = time.perf_counter()
     alone = [compute_stats(rm.model, [e], share_prompts=False, pad_id=rm._pad_id)[0] for e in enc]
     t_alone = time.perf_counter() - t
+    # the default path on each row alone: the same two-stage computation, no company
+    alone_default = [compute_stats(rm.model, [e], share_prompts=True, pad_id=rm._pad_id)[0] for e in enc]
+    company = [abs(rm.outcome(a)[1] - rm.outcome(b)[1]) for a, b in zip(shared, alone_default, strict=True)]
     totals = [(rm.outcome(a)[1], rm.outcome(b)[1]) for a, b in zip(shared, alone, strict=True)]
     return {"prompts": len(groups), "responses": len(enc),
             "prompt_tokens_mean": round(statistics.mean(e.prompt_len for e in enc)),
             "response_tokens_mean": round(statistics.mean(len(e.response_ids) for e in enc)),
             "shared_s": round(t_shared, 1), "alone_s": round(t_alone, 1), "speedup": round(t_alone / t_shared, 2),
+            "max_abs_diff_vs_default_alone": max(company),
             "max_abs_diff": max(abs(a - b) for a, b in totals),
             "max_rel_diff": max(abs(a - b) / max(abs(b), 1e-9) for a, b in totals),
             "max_token_logprob_diff": max((a.logprobs - b.logprobs).abs().max().item() for a, b in zip(shared, alone, strict=True)),

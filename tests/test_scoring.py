@@ -168,3 +168,10 @@ def test_length_batches():
         longest = max(lengths[i] for i in b)
         assert longest * len(b) <= 1.25 * sum(lengths[i] for i in b)
     assert all(len(b) <= 2 for b in length_batches(lengths, batch_size=2))
+
+
+def test_default_score_does_not_depend_on_prompt_company(tiny_rm):
+    """With sharing on (the default), a row scores the same alone and beside rows sharing its prompt."""
+    with_company = tiny_rm.score([PROMPT] * len(RESPONSES) + [OTHER[0][0]], RESPONSES + [OTHER[0][1]])
+    for i, r in enumerate(RESPONSES):
+        assert tiny_rm.score([PROMPT], [r])[0] == pytest.approx(with_company[i], abs=1e-4)

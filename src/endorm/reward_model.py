@@ -39,7 +39,11 @@ class RewardConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "rows per forward pass"})
     chunk_size: int = field(default=1024, metadata={"help": "positions per output-layer chunk (memory ~ chunk x vocab)"})
-    share_prompts: bool = field(default=True, metadata={"help": "run a prompt shared by several responses once"})
+    share_prompts: bool = field(
+        default=True,
+        metadata={"help": "run each prompt once and reuse its KV cache for all its responses (rows are then "
+                          "batched per prompt); false: pad rows of different prompts into one batch"},
+    )
 
     def __post_init__(self) -> None:
         if self.aggregation not in R.AGGREGATIONS:

@@ -6,7 +6,10 @@ log pi and logsumexp in float32 at once. Peak memory grows with chunk x vocabula
 batch x length x vocabulary.
 
 Shared prompts: responses to the same prompt (RM-Bench's six, best-of-N's N) reuse one key/value
-cache of the prompt, so the prompt is run once per group, not once per response.
+cache of the prompt, so the prompt is run once per group, not once per response. With sharing on,
+every row goes through this two-stage path, a row whose prompt nobody shares too: float32 kernels
+round differently in the cached and the one-pass computation (about 1e-5 per token), and a row's
+score must not depend on whether other rows in the input happen to share its prompt.
 
 Every row gets explicit position ids, so scores do not depend on padding side or batch company.
 """
@@ -222,7 +225,7 @@ def compute_stats(
         groups.setdefault(tuple(e.input_ids[: e.prompt_len]), []).append(i)
     singles: list[int] = []
     for idx in groups.values():
-        if share_prompts and len(idx) > 1 and not full_logits:
+        if share_prompts and not full_logits:  # a lone row too: its score must not depend on company
             for i, s in zip(idx, stats_shared_prompt(model, [examples[i] for i in idx], alpha, chunk_size,
                                                      batch_size, pad_id), strict=True):
                 results[i] = s
