@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(COMMANDS[name])
+    if hasattr(module, "normalize_argv"):  # e.g. `endorm download NAME`: a bare name becomes --name NAME
+        rest = module.normalize_argv(rest)
     cfg = parse_config(module.Config, rest, prog=f"endorm {name}", description=module.__doc__ or "")
     try:
         code = module.run(cfg)

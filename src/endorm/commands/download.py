@@ -35,8 +35,7 @@ class Config:
 def normalize_argv(argv: list[str]) -> list[str]:
     """``endorm download NAME ...`` -> ``--name NAME ...`` (HfArgumentParser has no positional arguments).
 
-    Used once ``endorm.cli`` applies a command module's ``normalize_argv`` before parsing; until then
-    the name is given as ``--name NAME``.
+    ``endorm.cli`` applies a command module's ``normalize_argv`` before parsing.
     """
     if argv and not argv[0].startswith("-"):
         return ["--name", argv[0], *argv[1:]]
