@@ -175,3 +175,24 @@ def test_default_score_does_not_depend_on_prompt_company(tiny_rm):
     with_company = tiny_rm.score([PROMPT] * len(RESPONSES) + [OTHER[0][0]], RESPONSES + [OTHER[0][1]])
     for i, r in enumerate(RESPONSES):
         assert tiny_rm.score([PROMPT], [r])[0] == pytest.approx(with_company[i], abs=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_batched_shared_prompt_path(tiny, batch_size):
+    """The GPU-style path (responses of one prompt padded into length batches) equals one per pass."""
+    from endorm.scoring import stats_shared_prompt
+
+    model, tok = tiny
+    enc = [encode(tok, Example.from_pair(PROMPT, r)) for r in RESPONSES]
+    one = stats_shared_prompt(model, enc, one_per_pass=True)
+    batched = stats_shared_prompt(model, enc, batch_size=batch_size, one_per_pass=False)
+    for a, b in zip(one, batched, strict=True):
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
+        torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=0)
+
+
+def test_default_path_is_bit_identical_whatever_the_company(tiny_rm):
+    alone = tiny_rm.score([PROMPT], [RESPONSES[1]])[0]
+    crowd = tiny_rm.score([PROMPT] * len(RESPONSES), RESPONSES)[1]
+    assert alone == crowd

@@ -135,8 +135,11 @@ def stats_shared_prompt(
     chunk_size: int = 1024,
     batch_size: int = 8,
     pad_id: int = 0,
+    one_per_pass: bool | None = None,
 ) -> list[TokenStats]:
     """Score responses that share one prompt: the prompt is run once and its cache reused.
+
+    ``one_per_pass`` (default: on a CPU) feeds one response per forward pass instead of length-batches.
 
     The cache holds prompt[:-1]; each response is fed as [prompt[-1], response...], so hidden state j
     is the state before response token j (the last prompt token's state s_1 comes first).
@@ -152,7 +155,13 @@ def stats_shared_prompt(
     out = dec(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
     prefix_cache = out.past_key_values
     results: list[TokenStats | None] = [None] * len(group)
-    for idx in length_batches([len(e.response_ids) for e in group], batch_size):
+    if one_per_pass if one_per_pass is not None else device.type == "cpu":
+        # on a CPU padded positions cost as much as real ones, so batching responses buys nothing, and
+        # one response per pass makes its score bit-identical whatever rows come with it
+        batches = [[i] for i in range(len(group))]
+    else:
+        batches = length_batches([len(e.response_ids) for e in group], batch_size)
+    for idx in batches:
         chunk = [group[i] for i in idx]
         S = 1 + max(len(e.response_ids) for e in chunk)
         ids = torch.full((len(chunk), S), pad_id, dtype=torch.long, device=device)
