@@ -38,3 +38,13 @@ def default_rm():
     from endorm import EndogenousRewardModel
 
     return EndogenousRewardModel.from_pretrained()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny):
+    """The tiny model and tokenizer saved as a Hugging Face directory (for --model PATH)."""
+    model, tok = tiny
+    d = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

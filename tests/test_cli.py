@@ -19,12 +19,8 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny):
-    model, tok = tiny
-    d = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def write_rows(path, rows):

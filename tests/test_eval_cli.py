@@ -16,17 +16,6 @@ RMB_ROWS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models run fastest on one thread; on a loaded machine extra threads only spin and wait
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def rmb_file(tmp_path):
     p = tmp_path / "rmb.json"

@@ -26,17 +26,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models run fastest on one thread; on a loaded machine extra threads only spin and wait
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def examples(system=None):
     return [Example.from_pair(q, r, system) for q, c, rj in PAIRS for r in (c, rj)]
 

@@ -29,12 +29,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny):
-    model, tok = tiny
-    d = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def read(path):
