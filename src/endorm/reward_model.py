@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from endorm import rewards as R
+from endorm import scoring
 from endorm.chat import Encoded, Example, Message, encode, end_token_ids
-from endorm.scoring import TokenStats, compute_stats
+from endorm.scoring import TokenStats
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +145,13 @@ class EndogenousRewardModel:
     # -- scoring ----------------------------------------------------------------------------
     def stats(self, examples: Sequence[Example]) -> tuple[list[Encoded], list[TokenStats]]:
         encoded = [self.encode(e) for e in examples]
+        return encoded, self.stats_encoded(encoded)
+
+    def stats_encoded(self, encoded: Sequence[Encoded]) -> list[TokenStats]:
+        """TokenStats of already-encoded rows, with this model's settings."""
         c = self.config
-        stats = compute_stats(self.model, encoded, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
-                              pad_id=self._pad_id)
-        return encoded, stats
+        return scoring.compute_stats(self.model, encoded, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
+                                     pad_id=self._pad_id)
 
     def outcome(self, stats: TokenStats) -> tuple[torch.Tensor, float]:
         """Token rewards [n] and the aggregated outcome reward of one response."""

@@ -106,14 +106,10 @@ def run(cfg: Config) -> int:
     rm = EndogenousRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                                **{k: v for k, v in vars(reward_config(cfg)).items()})
     encoded: list[Encoded] = [rm.encode(e) for e in examples[start:]]  # every row checked before scoring
-    from endorm.scoring import compute_stats
-
-    c = rm.config
     with writer, tqdm(total=len(rows), initial=start, unit="row", desc="scoring", file=sys.stderr) as bar:
         for i in range(0, len(encoded), WRITE_EVERY):
             block = encoded[i : i + WRITE_EVERY]
-            stats = compute_stats(rm.model, block, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
-                                  pad_id=rm._pad_id)
+            stats = rm.stats_encoded(block)
             writer.write([scored_row(rows[start + i + j], rm, s, cfg.tokens) for j, s in enumerate(stats)])
             bar.update(len(block))
     _print_table(cfg.output, cfg.show)

@@ -56,13 +56,11 @@ class RowScorer:
 
         from endorm.commands.score import scored_row
         from endorm.io import row_to_example
-        from endorm.scoring import compute_stats
 
-        rm, c = self.rm, self.rm.config
+        rm = self.rm
         rows = [json.loads(s) for s in batch["row"]]
         encoded = [rm.encode(row_to_example(r, where=f"row {int(i)}")) for i, r in zip(batch["i"], rows, strict=True)]
-        stats = compute_stats(rm.model, encoded, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
-                              pad_id=rm._pad_id)
+        stats = rm.stats_encoded(encoded)
         out = [json.dumps(scored_row(r, rm, s, self.tokens), ensure_ascii=False) for r, s in zip(rows, stats, strict=True)]
         return {"i": np.asarray(batch["i"]), "out": np.asarray(out, dtype=object)}
 

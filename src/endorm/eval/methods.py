@@ -162,9 +162,7 @@ class StatsMemo:
         keys = [(id(rm.model), rm.config.alpha, tuple(e.input_ids), e.prompt_len) for e in encoded]
         todo = [i for i, k in enumerate(keys) if k not in self._d]
         if todo:
-            c = rm.config
-            new = compute_stats(rm.model, [encoded[i] for i in todo], c.alpha, c.batch_size, c.chunk_size,
-                                c.share_prompts, pad_id=rm._pad_id)
+            new = rm.stats_encoded([encoded[i] for i in todo])
             for i, s in zip(todo, new, strict=True):
                 self._d[keys[i]] = s
         return [self._d[k] for k in keys]

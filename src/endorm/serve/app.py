@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from endorm.chat import Encoded, RowError
 from endorm.io import row_to_example
 from endorm.reward_model import EndogenousRewardModel
-from endorm.scoring import TokenStats, compute_stats
+from endorm.scoring import TokenStats
 from endorm.serve.batcher import DynamicBatcher
 from endorm.serve.openrlhf import QuerySplitter
 
@@ -68,11 +68,9 @@ def create_app(
     """A FastAPI app serving ``rm``. One app owns one model and one batcher."""
     s = settings or ServeSettings()
     max_body = int(s.max_body_mb * 1024 * 1024)
-    c = rm.config
 
     def process(encoded: list[Encoded]) -> list[TokenStats]:
-        return compute_stats(rm.model, encoded, c.alpha, c.batch_size, c.chunk_size, c.share_prompts,
-                             pad_id=rm._pad_id)
+        return rm.stats_encoded(encoded)
 
     batcher = DynamicBatcher(process, max_batch_items=s.max_batch_rows, max_wait_ms=s.max_wait_ms)
     splitter: list[QuerySplitter] = []  # built on first use: needs a chat template, /score does not
