@@ -145,7 +145,7 @@ def summarize_partial(out: Path, model: str) -> None:
 
 
 def compare_table(paths: list[str]) -> str:
-    """RM-Bench accuracy per (model, method): domains, levels, and EndoRM minus the best judge."""
+    """RM-Bench accuracy per (model, method): domains, levels, avg ± s.e. over prompts, EndoRM minus the best judge."""
     judges = ("genrm-pointwise", "verifier", "genrm-pairwise")
     lines = ["| model | method | n/domain | chat | code | safety | easy | normal | hard | avg |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -159,6 +159,8 @@ def compare_table(paths: list[str]) -> str:
             cells = [dom.get(k, {}).get("avg") for k in ("chat", "code", "safety")]
             cells += [r["overall"].get(k) for k in ("easy", "normal", "hard", "avg")]
             fmt = ["—" if c is None else f"{c:.1f}" for c in cells]
+            if r["overall"].get("se") is not None:
+                fmt[-1] += f" ± {r['overall']['se']:.1f}"
             lines.append(f"| {d['model']} | {name} | {'/'.join(map(str, n))} | " + " | ".join(fmt) + " |")
         best = max((ms[j]["overall"]["avg"] for j in judges if j in ms), default=None)
         if best is not None and "endorm" in ms:
