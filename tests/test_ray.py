@@ -28,19 +28,14 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_model_dir):
-    return tiny_model_dir
-
-
 def read(path):
     return [json.loads(line) for line in open(path, encoding="utf-8")]
 
 
-def test_ray_engine_equals_local_path(local_ray, tiny_dir, tmp_path):
+def test_ray_engine_equals_local_path(local_ray, tiny_model_dir, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    common = ["score", "--input", str(src), "--model", str(tiny_dir), "--tokens", "--batch-size", "4", "--show", "0"]
+    common = ["score", "--input", str(src), "--model", str(tiny_model_dir), "--tokens", "--batch-size", "4", "--show", "0"]
     assert main(common + ["--output", str(tmp_path / "local.jsonl")]) == 0
     assert main(common + ["--output", str(tmp_path / "ray.jsonl"), "--engine", "ray", "--num-actors", "2"]) == 0
     local, dist = read(tmp_path / "local.jsonl"), read(tmp_path / "ray.jsonl")

@@ -155,7 +155,9 @@ def stats_shared_prompt(
     out = dec(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
     prefix_cache = out.past_key_values
     results: list[TokenStats | None] = [None] * len(group)
-    if one_per_pass if one_per_pass is not None else device.type == "cpu":
+    if one_per_pass is None:
+        one_per_pass = device.type == "cpu"
+    if one_per_pass:
         # on a CPU padded positions cost as much as real ones, so batching responses buys nothing, and
         # one response per pass makes its score bit-identical whatever rows come with it
         batches = [[i] for i in range(len(group))]

@@ -36,8 +36,15 @@ class RowScorer:
     """A Ray Data actor: loads one model replica, then scores batches of ``{"i", "row"}`` (JSON rows)."""
 
     def __init__(self, config: Any, model_factory: Callable[[], tuple[Any, Any]] | None = None,
-                 device: str | None = None):
+                 device: str | None = None, threads: int | None = None):
+        import torch
+
         from endorm.reward_model import EndogenousRewardModel
+
+        if threads:
+            # Ray sets OMP_NUM_THREADS to the actor's CPUs only when the driver's environment leaves it unset;
+            # an inherited value would let every actor use every core (and round differently from the driver)
+            torch.set_num_threads(threads)
 
         kw = _reward_kwargs(config)
         if model_factory is not None:
@@ -88,6 +95,7 @@ def score_rows_ray(
             returned instead of the list.
         batch_size: rows per actor call (each call runs ``config.batch_size`` rows per forward pass).
         num_gpus_per_actor: GPUs per replica (default 1 when ``config.device`` starts with cuda, else 0).
+        num_cpus_per_actor: CPUs reserved per replica; on CPU each replica also runs that many torch threads.
         model_factory: picklable ``() -> (model, tokenizer)`` to use instead of loading ``config.model``.
         address: Ray cluster address (default: ``RAY_ADDRESS`` or a new local cluster).
     """
@@ -102,6 +110,7 @@ def score_rows_ray(
     device = getattr(config, "device", "cpu") or "cpu"
     gpus = num_gpus_per_actor if num_gpus_per_actor is not None else (1.0 if device.startswith("cuda") else 0.0)
     actor_device = "cuda" if gpus > 0 else device  # Ray sets CUDA_VISIBLE_DEVICES per actor
+    threads = max(1, int(num_cpus_per_actor)) if actor_device == "cpu" else None
 
     started = False
     if not ray.is_initialized():
@@ -113,7 +122,8 @@ def score_rows_ray(
         ds = ray.data.from_items([{"i": i, "row": json.dumps(r, ensure_ascii=False)} for i, r in enumerate(rows)])
         ds = ds.map_batches(
             RowScorer,
-            fn_constructor_kwargs={"config": config, "model_factory": model_factory, "device": actor_device},
+            fn_constructor_kwargs={"config": config, "model_factory": model_factory, "device": actor_device,
+                                   "threads": threads},
             batch_size=batch_size,
             batch_format="numpy",
             concurrency=n_actors,  # a fixed pool of n_actors actors, each with its own model
