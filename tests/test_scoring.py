@@ -191,3 +191,36 @@ def test_default_path_is_bit_identical_whatever_the_company(tiny_rm):
     crowd = tiny_rm.score([PROMPT] * len(RESPONSES) + [OTHER[0][0]], RESPONSES + [OTHER[0][1]])
     for i, r in enumerate(RESPONSES):
         assert tiny_rm.score([PROMPT], [r])[0] == crowd[i]
+
+
+class _OldOutput(dict):
+    """A decoder output of transformers < 5.2x: field ``past_key_values``, index 0 the hidden states."""
+
+    def __getitem__(self, k):
+        return list(self.values())[k] if isinstance(k, int) else super().__getitem__(k)
+
+
+class _OldNameDecoder(torch.nn.Module):
+    """The tiny decoder behind the forward signature of transformers < 5.2x (``past_key_values``)."""
+
+    def __init__(self, dec):
+        super().__init__()
+        self.dec, self.caches_in = dec, []
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        self.caches_in.append(past_key_values)
+        out = self.dec(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       cache=past_key_values, use_cache=use_cache)
+        return _OldOutput(last_hidden_state=out[0], past_key_values=out["cache"])
+
+
+def test_shared_prompt_path_with_the_old_cache_argument_name(tiny, monkeypatch):
+    import endorm.scoring as S
+
+    model, tok = tiny
+    rm = EndogenousRewardModel.from_model(model, tok)
+    new_name = rm.score([PROMPT] * 2, RESPONSES[:2])
+    old = _OldNameDecoder(model.get_decoder())
+    monkeypatch.setattr(S, "_decoder", lambda m: old)
+    assert rm.score([PROMPT] * 2, RESPONSES[:2]) == new_name
+    assert old.caches_in[0] is None and all(c is not None for c in old.caches_in[1:])  # prompt once, then reused

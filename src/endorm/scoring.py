@@ -17,6 +17,7 @@ Every row gets explicit position ids, so scores do not depend on padding side or
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,18 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     if dec is None or dec is model:
         raise ValueError(f"{type(model).__name__} exposes no decoder (get_decoder); use full_logits=True")
     return dec
+
+
+def _run_with_cache(dec: torch.nn.Module, cache: object | None = None, **inputs: torch.Tensor) -> tuple:
+    """(last hidden state, cache) of a decoder forward pass that reads and extends ``cache``.
+
+    transformers 5.2x renamed the forward argument and output field ``past_key_values`` to ``cache``
+    (the old name warns and goes in 5.40); older releases only know ``past_key_values``.
+    """
+    name = "cache" if "cache" in inspect.signature(dec.forward).parameters else "past_key_values"
+    out = dec(**inputs, **({name: cache} if cache is not None else {}), use_cache=True)
+    new = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+    return out[0], new
 
 
 def pad_batch(
@@ -152,8 +165,7 @@ def stats_shared_prompt(
     device = next(model.parameters()).device
     dec, head = _decoder(model), output_head(model)
     P = len(prompt) - 1
-    out = dec(input_ids=torch.tensor([prompt[:-1]], device=device), use_cache=True)
-    prefix_cache = out.past_key_values
+    _, prefix_cache = _run_with_cache(dec, input_ids=torch.tensor([prompt[:-1]], device=device))
     results: list[TokenStats | None] = [None] * len(group)
     if one_per_pass is None:
         one_per_pass = device.type == "cpu"
@@ -178,8 +190,8 @@ def stats_shared_prompt(
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(len(chunk))
         pos = torch.arange(P, P + S, device=device).expand(len(chunk), S)  # [b, S]
-        hidden = dec(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                     cache_position=torch.arange(P, P + S, device=device), use_cache=True)[0]  # [b, S, H]
+        # no cache_position: every release computes it from the cache length P, as position_ids here
+        hidden, _ = _run_with_cache(dec, cache, input_ids=ids, attention_mask=attn, position_ids=pos)  # [b, S, H]
         states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # [b, S-1, H], [b, S-1]
         logp, vals = reduce_chunked(head, states[act], labels[act], alpha, chunk_size)  # [N]
         for i, st in zip(idx, _split(chunk, logp, vals), strict=True):
