@@ -45,12 +45,17 @@ def main() -> None:
                     help="no model: summarise the items of --out-dir that every method finished (after a stop)")
     ap.add_argument("--compare", default=None,
                     help="no model: comma-separated RM-Bench results JSON files -> one table across models")
+    ap.add_argument("--paired", default=None,
+                    help="no model: comma-separated run folders -> endorm minus each other method, paired per prompt")
     args = ap.parse_args()
     if args.summarize_only:
         summarize_partial(Path(args.out_dir), args.model)
         return
     if args.compare:
         print(compare_table(args.compare.split(",")))
+        return
+    if args.paired:
+        print(paired_differences(args.paired.split(",")))
         return
 
     import torch
@@ -167,6 +172,37 @@ def compare_table(paths: list[str]) -> str:
             gaps.append(f"{d['model']}: endorm {ms['endorm']['overall']['avg']:.1f} - best judge {best:.1f} = "
                         f"{ms['endorm']['overall']['avg'] - best:+.1f} points")
     return "\n".join(lines + [""] + gaps)
+
+
+def paired_differences(runs: list[str], reference: str = "endorm") -> str:
+    """Per run folder: mean over items of (reference's accuracy - each other method's) ± s.e. over items.
+
+    Only (item, system prompt) records that both methods finished count, so the two are compared on
+    identical comparisons; a DSP item's four system prompts are averaged before the standard error.
+    """
+    from collections import defaultdict
+
+    from endorm.eval import metrics as M
+    from endorm.io import read_jsonl
+
+    lines = []
+    for run in runs:
+        acc: dict[str, dict[tuple, float]] = defaultdict(dict)  # method -> (item, system) -> accuracy %
+        model = Path(run).name
+        for _, r in read_jsonl(Path(run) / "examples.jsonl"):
+            acc[r["method"]][(r["id"], r["system"])] = 100 * M.accuracy(
+                [float("nan") if m is None else m for _, _, m in r["margins"]])
+        for other in acc:
+            if other == reference or reference not in acc:
+                continue
+            keys = set(acc[reference]) & set(acc[other])
+            by_item: dict[str, list[float]] = defaultdict(list)  # DSP: one item's system prompts are not independent
+            for k in keys:
+                by_item[k[0]].append(acc[reference][k] - acc[other][k])
+            d = [M.mean(v) for v in by_item.values()]
+            lines.append(f"{model}: {reference} - {other} = {M.mean(d):+.1f} ± {M.standard_error(d):.1f} points "
+                         f"(paired over {len(d)} items, {len(keys)} item x system prompt)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
