@@ -102,3 +102,15 @@ def test_curve_logger_resume_drops_relogged_steps(tmp_path):
     again.on_log(None, SimpleNamespace(global_step=3), None, logs={"reward": 30.0, "kl": 0.2})
     cols = read_curves(tmp_path / "curves.csv")
     assert cols["step"] == [1.0, 2.0, 3.0] and cols["reward"] == [1.0, 2.0, 30.0]
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_grpo_config_checkpointing_under_the_current_name(tmp_path, on):
+    import warnings
+
+    from endorm.rl.trainer import build_grpo_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # a deprecated TrainingArguments name would raise here
+        args = build_grpo_config(TrainConfig(output_dir=str(tmp_path), gradient_checkpointing=on, device="cpu"))
+    assert args.gradient_checkpointing is on

@@ -8,6 +8,7 @@ own starting weights), so the reward never moves while the policy trains.
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ def build_grpo_config(cfg: TrainConfig) -> Any:
     from trl import GRPOConfig
 
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns, goes in v6)
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(GRPOConfig)} \
+        else "gradient_checkpointing"
     return GRPOConfig(
         output_dir=cfg.output_dir,
         max_steps=cfg.max_steps,
@@ -78,7 +82,7 @@ def build_grpo_config(cfg: TrainConfig) -> Any:
         save_total_limit=cfg.save_total_limit,
         bf16=cfg.bf16 and not use_cpu,
         use_cpu=use_cpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{ckpt: cfg.gradient_checkpointing},
         report_to=cfg.report_to,
         model_init_kwargs={"dtype": "bfloat16" if cfg.bf16 and not use_cpu else "float32"},
         disable_dropout=True,
