@@ -183,6 +183,7 @@ def paired_differences(runs: list[str], reference: str = "endorm") -> str:
     from collections import defaultdict
 
     from endorm.eval import metrics as M
+    from endorm.eval import report
     from endorm.io import read_jsonl
 
     lines = []
@@ -190,8 +191,7 @@ def paired_differences(runs: list[str], reference: str = "endorm") -> str:
         acc: dict[str, dict[tuple, float]] = defaultdict(dict)  # method -> (item, system) -> accuracy %
         model = Path(run).name
         for _, r in read_jsonl(Path(run) / "examples.jsonl"):
-            acc[r["method"]][(r["id"], r["system"])] = 100 * M.accuracy(
-                [float("nan") if m is None else m for _, _, m in r["margins"]])
+            acc[r["method"]][(r["id"], r["system"])] = 100 * M.accuracy([report._m(m) for _, _, m in r["margins"]])
         for other in acc:
             if other == reference or reference not in acc:
                 continue
