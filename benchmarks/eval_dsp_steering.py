@@ -68,17 +68,10 @@ def main() -> None:
                       "mean_abs_relative_score": round(sum(scale) / len(scale), 3), "n": len(steer)}
         out[method] = res
     for method, per_q in acc.items():
-        lifts = [diagonal_lift(by_sys) for by_sys in per_q.values() if len(by_sys) == len(DSP_DOMAINS)]
+        lifts = [M.diagonal_lift(by_sys) for by_sys in per_q.values() if len(by_sys) == len(DSP_DOMAINS)]
         out.setdefault(method, {})["diagonal_lift"] = {
             "mean": round(M.mean(lifts), 2), "se": round(M.standard_error(lifts), 2), "n_queries": len(lifts)}
     print(json.dumps(out, indent=1))
-
-
-def diagonal_lift(by_sys: dict[str, dict[str, float]]) -> float:
-    """One query: mean over domains D of acc(D under D's prompt) - mean acc(D under the other prompts)."""
-    lift = [by_sys[d][d] - sum(by_sys[x][d] for x in DSP_DOMAINS if x != d) / (len(DSP_DOMAINS) - 1)
-            for d in DSP_DOMAINS]
-    return sum(lift) / len(lift)
 
 
 if __name__ == "__main__":

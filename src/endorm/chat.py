@@ -76,6 +76,34 @@ def validate(example: Example) -> None:
         raise RowError(row, "both a 'system' field and a system message in 'messages'; give one", "system")
 
 
+# The fixed neutral prompt x0 of the prompt-contrastive reward R(y | x) - R(y | x0): a request that says
+# nothing about content, so R(y | x0) is the model's prior for the response's style and length.
+NEUTRAL_PROMPT = "Write a response."
+CONTRASTS = ("none", "prompt", "system")
+
+
+def contrast_example(example: Example, contrast: str, neutral_prompt: str = NEUTRAL_PROMPT) -> Example:
+    """The same response in the contrast context.
+
+    - ``prompt``: the conversation before the response replaced by one user turn ``neutral_prompt``
+      (the system prompt stays), for R(y | x) - R(y | x0);
+    - ``system``: the system prompt removed (a system message in ``messages`` too), for
+      R(y | x, system) - R(y | x, no system): the part of the reward the principle adds. With no
+      system prompt the two contexts are the same and the contrast is 0.
+    """
+    msgs = list(example.messages)
+    if contrast == "prompt":
+        system = example.system
+        if system is None and msgs and msgs[0].get("role") == "system":
+            system = msgs[0]["content"]
+        return Example([{"role": "user", "content": neutral_prompt}, msgs[-1]], system, row=example.row)
+    if contrast == "system":
+        if msgs and msgs[0].get("role") == "system":
+            msgs = msgs[1:]
+        return Example(msgs, None, row=example.row)
+    raise ValueError(f"unknown contrast {contrast!r}; choose from {', '.join(CONTRASTS)}")
+
+
 def _special_strings(tokenizer: Any) -> list[str]:
     specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
     for tok in getattr(tokenizer, "added_tokens_decoder", {}).values():

@@ -16,7 +16,7 @@ import torch
 
 from endorm import rewards as R
 from endorm import scoring
-from endorm.chat import Encoded, Example, Message, encode, end_token_ids
+from endorm.chat import CONTRASTS, NEUTRAL_PROMPT, Encoded, Example, Message, contrast_example, encode, end_token_ids
 from endorm.scoring import TokenStats
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,12 @@ class RewardConfig:
         default="sum",
         metadata={"help": "sum (the paper) | mean (per token) | discounted (gamma^(t-1) r_t) | logprob (no values)"},
     )
+    contrast: str = field(
+        default="none",
+        metadata={"help": "none | prompt: R(y|x) - R(y|x0) with a fixed neutral prompt x0 | system: "
+                          "R(y|x,system) - R(y|x,no system). Each costs a second pass"},
+    )
+    neutral_prompt: str = field(default=NEUTRAL_PROMPT, metadata={"help": "x0 of --contrast prompt"})
     system_prompt: str | None = field(
         default=None, metadata={"help": "default system message / principle; a row's own 'system' overrides it"}
     )
@@ -49,6 +55,8 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if self.aggregation not in R.AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(R.AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {self.contrast!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0 < self.gamma <= 1:
@@ -89,22 +97,17 @@ class EndogenousRewardModel:
 
     @classmethod
     def from_pretrained(
-        cls,
-        name_or_path: str | None = None,
-        alpha: float = 1.0,
-        gamma: float = 1.0,
-        aggregation: str = "sum",
-        system_prompt: str | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
-        **config: Any,
+        cls, name_or_path: str | None = None, dtype: str = "float32", device: str = "cpu", **config: Any
     ) -> EndogenousRewardModel:
-        """Load a model (registry name, GGUF file, local dir or hub id; None = the default model)."""
+        """Load a model (registry name, GGUF file, local dir or hub id; None = the default model).
+
+        ``config``: any ``RewardConfig`` field (alpha, gamma, aggregation, contrast, system_prompt, ...);
+        those not given keep RewardConfig's defaults, the same defaults every entry point uses.
+        """
         from endorm.models import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(name_or_path, dtype=dtype, device=device)
-        return cls.from_model(model, tok, alpha=alpha, gamma=gamma, aggregation=aggregation,
-                              system_prompt=system_prompt, **config)
+        return cls.from_model(model, tok, **config)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **config: Any) -> EndogenousRewardModel:
@@ -115,11 +118,22 @@ class EndogenousRewardModel:
         return self.config.max_length or getattr(self.model.config, "max_position_embeddings", None)
 
     # -- encoding ---------------------------------------------------------------------------
-    def encode(self, example: Example) -> Encoded:
+    def resolve(self, example: Example) -> Example:
+        """The example with the configured default system prompt applied (a row's own wins)."""
         if example.system is None and self.config.system_prompt is not None:
             if example.messages and example.messages[0].get("role") != "system":
                 example = replace(example, system=self.config.system_prompt)
-        return encode(self.tokenizer, example, self.max_length, self._end_ids)
+        return example
+
+    def encode(self, example: Example, resolve: bool = True) -> Encoded:
+        ex = self.resolve(example) if resolve else example
+        return encode(self.tokenizer, ex, self.max_length, self._end_ids)
+
+    def contrast_examples(self, examples: Sequence[Example], contrast: str | None = None) -> list[Example]:
+        """The contrast context of each example (after the default system prompt is applied); encode
+        them with ``resolve=False`` so the default is not put back."""
+        c = contrast or self.config.contrast
+        return [contrast_example(self.resolve(e), c, self.config.neutral_prompt) for e in examples]
 
     def _examples(
         self,
@@ -154,17 +168,27 @@ class EndogenousRewardModel:
                                      pad_id=self._pad_id)
 
     def outcome(self, stats: TokenStats) -> tuple[torch.Tensor, float]:
-        """Token rewards [n] and the aggregated outcome reward of one response."""
+        """Token rewards [n] and the aggregated outcome reward of one response (no contrast applied)."""
         c = self.config
-        logp, vals = stats.logprobs[None], stats.values[None]  # [1, n]
-        mask = torch.ones_like(logp, dtype=torch.bool)  # [1, n]
-        r = R.token_rewards(logp, vals, mask, c.alpha)  # [1, n]
-        total = R.aggregate(r, logp, mask, c.aggregation, c.gamma, c.alpha)  # [1]
-        return r[0], float(total[0])
+        r, total = R.outcome(stats.logprobs, stats.values, c.aggregation, c.gamma, c.alpha)  # [n], []
+        return r, float(total)
+
+    def contrast_stats(self, examples: Sequence[Example]) -> list[TokenStats] | None:
+        """TokenStats of the responses in the contrast context, or None without a contrast."""
+        if self.config.contrast == "none":
+            return None
+        return self.stats_encoded([self.encode(e, resolve=False) for e in self.contrast_examples(examples)])
+
+    def totals(self, stats: Sequence[TokenStats], base: Sequence[TokenStats] | None) -> list[float]:
+        """Outcome rewards from the stats of the responses and, with a contrast, of their contrast contexts."""
+        out = [self.outcome(s)[1] for s in stats]
+        if base is not None:
+            out = [a - self.outcome(b)[1] for a, b in zip(out, base, strict=True)]
+        return out
 
     def score_examples(self, examples: Sequence[Example]) -> list[float]:
         _, stats = self.stats(examples)
-        return [self.outcome(s)[1] for s in stats]
+        return self.totals(stats, self.contrast_stats(examples))
 
     def score(
         self,
@@ -202,11 +226,17 @@ class EndogenousRewardModel:
 
     def token_rewards_examples(self, examples: Sequence[Example]) -> list[TokenRewards]:
         _, stats = self.stats(examples)
-        return [self.token_view(s) for s in stats]
+        base = self.contrast_stats(examples)
+        return [self.token_view(s, None if base is None else base[i]) for i, s in enumerate(stats)]
 
-    def token_view(self, stats: TokenStats) -> TokenRewards:
-        """The token-level view (decoded tokens, log pi, V, r_t, total) of one response's TokenStats."""
+    def token_view(self, stats: TokenStats, base: TokenStats | None = None) -> TokenRewards:
+        """The token-level view (decoded tokens, log pi, V, r_t, total) of one response's TokenStats.
+
+        ``rewards`` are the response's own r_t; with a contrast, ``total`` is the contrastive outcome
+        (the contrast context's outcome, from ``base``, subtracted)."""
         r, total = self.outcome(stats)
+        if base is not None:
+            total -= self.outcome(base)[1]
         return TokenRewards(
             tokens=[self.tokenizer.decode([t]) for t in stats.token_ids],
             token_ids=list(stats.token_ids),

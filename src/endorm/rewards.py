@@ -168,6 +168,19 @@ def aggregate(
     raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
 
 
+def outcome(
+    logprobs: torch.Tensor, values: torch.Tensor, aggregation: str = "sum", gamma: float = 1.0, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rewards and the outcome reward of one response from its stored log pi and V(s_t).
+
+    Args: logprobs [n], values [n] (one response, all tokens are actions). Returns: (r [n], R []).
+    """
+    logp, vals = logprobs[None], values[None]  # [1, n]
+    mask = torch.ones_like(logp, dtype=torch.bool)  # [1, n]
+    r = token_rewards(logp, vals, mask, alpha)  # [1, n]
+    return r[0], aggregate(r, logp, mask, aggregation, gamma, alpha)[0]
+
+
 def _check_alpha(alpha: float) -> None:
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")

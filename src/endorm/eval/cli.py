@@ -19,14 +19,17 @@ from typing import Any
 
 from endorm.eval import metrics as M
 from endorm.eval.data import BENCHMARKS, load_benchmark
-from endorm.eval.harness import record_key, systems_for
+from endorm.eval.harness import read_records, record_key, systems_for  # noqa: F401 (read_records: re-export)
 from endorm.eval.methods import METHODS, NEEDS_EXTRA_MODEL, StatsMemo, build_method
 from endorm.eval.prompts import DSP_DOMAINS
+from endorm.eval.variants import STATS_FILE, expand, parse_list, reaggregate
+from endorm.reward_model import NEUTRAL_PROMPT, RewardConfig
 
 log = logging.getLogger(__name__)
 
 # settings that change scores: a resumed run must use the same ones
-SCORE_SETTINGS = ("benchmark", "data", "model", "dtype", "alpha", "gamma", "aggregation", "system_prompt",
+SCORE_SETTINGS = ("benchmark", "data", "model", "dtype", "alpha", "gamma", "aggregation", "contrast",
+                  "neutral_prompt", "token_stats", "system_prompt",
                   "judge_greedy", "ref_model", "beta", "classifier_model", "max_length", "seed")
 
 
@@ -48,9 +51,22 @@ class Config:
         "help": "base model: registry name, GGUF file, local dir or hub id (default: SmolLM2-135M-Instruct)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, mps ..."})
-    alpha: float = field(default=1.0, metadata={"help": "endorm: temperature alpha"})
-    gamma: float = field(default=1.0, metadata={"help": "endorm: discount for the discounted/logprob aggregations"})
-    aggregation: str = field(default="sum", metadata={"help": "endorm: sum | mean | discounted | logprob"})
+    alpha: float = field(default=RewardConfig.alpha, metadata={"help": "endorm: temperature alpha"})
+    gamma: str = field(default=str(RewardConfig.gamma), metadata={
+        "help": "endorm: discount(s) for the discounted/logprob aggregations, comma-separated "
+                "(e.g. 1,0.99,0.97,0.95,0.93,0.9,0.85,0.8); the first one gives the main table's score"})
+    aggregation: str = field(default=RewardConfig.aggregation, metadata={
+        "help": "endorm: sum | mean | discounted | logprob, comma-separated, or 'all'; the first gives the main "
+                "table's score, and every combination with --gamma / --contrast goes to variants.md"})
+    contrast: str = field(default=RewardConfig.contrast, metadata={
+        "help": "endorm: none | prompt | system, comma-separated, or 'all'; each contrast costs one extra pass "
+                "and its arrays are kept too; the first gives the main table's score"})
+    neutral_prompt: str = field(default=NEUTRAL_PROMPT, metadata={"help": "endorm: x0 of the prompt contrast"})
+    token_stats: bool = field(default=True, metadata={
+        "help": "keep endorm's per-token log pi and V(s_t) in token_stats.f32 (for --reaggregate)"})
+    reaggregate: str | None = field(default=None, metadata={
+        "help": "a finished run dir: re-score its kept token stats under --aggregation/--gamma/--contrast "
+                "(no model), write variants.json/.md (into --output-dir if given, else the run dir)"})
     system_prompt: str | None = field(default=None, metadata={
         "help": "system prompt for rows without their own (not DSP, which uses its domain prompts)"})
     judge_greedy: bool = field(default=False, metadata={
@@ -89,11 +105,31 @@ def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+def variants_of(cfg: Config) -> list:
+    return expand(cfg.aggregation, cfg.gamma, cfg.contrast)
+
+
+def primary_variant(cfg: Config):
+    """The variant of the main table's ``endorm`` row: the first aggregation, gamma and contrast."""
+    from endorm.eval.variants import Variant
+
+    aggs = parse_list(cfg.aggregation)
+    agg = "sum" if aggs == ["all"] else aggs[0]
+    cons = parse_list(cfg.contrast)
+    return Variant(agg, parse_list(cfg.gamma, float)[0], "none" if cons == ["all"] else cons[0])
+
+
+def stored_contrasts(cfg: Config) -> list[str]:
+    return sorted({v.contrast for v in variants_of(cfg)} - {"none"})
+
+
 def load_models(cfg: Config, methods: list[str], model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
     from endorm.reward_model import EndogenousRewardModel
 
-    rc = dict(alpha=cfg.alpha, gamma=cfg.gamma, aggregation=cfg.aggregation, batch_size=cfg.batch_size,
-              chunk_size=cfg.chunk_size, max_length=cfg.max_length)
+    v = primary_variant(cfg)
+    rc = dict(alpha=cfg.alpha, gamma=v.gamma, aggregation=v.aggregation, contrast=v.contrast,
+              neutral_prompt=cfg.neutral_prompt, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+              max_length=cfg.max_length)
     if model is None:
         rm = EndogenousRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, **rc)
     else:
@@ -113,20 +149,20 @@ def load_models(cfg: Config, methods: list[str], model: Any = None, tokenizer: A
     return out
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Finished records; a last line still being written (no newline yet) is not one."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")[:-1]  # everything after the last newline is unfinished
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, Any] | None = None) -> int:
     """Run ``endorm eval``. Tests pass an in-memory ``model``/``tokenizer`` (and ``extra``: ref_rm,
     classifier) instead of loading by name."""
     from endorm.eval import report
 
+    if cfg.reaggregate:
+        out = cfg.output_dir if cfg.output_dir != Config.output_dir else None
+        res = reaggregate(cfg.reaggregate, variants_of(cfg), out)
+        target = Path(out or cfg.reaggregate)
+        print((target / "variants.md").read_text())
+        if res["chosen"]:
+            print(f"chosen by the pre-registered rule (best {res['selection_split']} average): {res['chosen']}")
+        print(f"wrote {target / 'variants.json'}, {target / 'variants.md'}")
+        return 0
     out_dir = Path(cfg.output_dir)
     if cfg.merge:
         summary = report.merge(_split(cfg.merge) or [])
@@ -180,22 +216,32 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     summary["methods"] = {m: summary["methods"][m] for m in methods if m in summary["methods"]}
     paths = report.write_outputs(summary, out_dir, cfg.plot)
     print(report.markdown(summary))
-    print("wrote " + ", ".join(str(p) for p in [records_path, *paths.values()]))
+    written = [records_path, *paths.values()]
+    if "endorm" in methods and cfg.token_stats and len(variants_of(cfg)) > 1:
+        reaggregate(out_dir, variants_of(cfg))
+        print((out_dir / "variants.md").read_text())
+        written += [out_dir / "variants.json", out_dir / "variants.md"]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def _score(cfg: Config, methods: list[str], items: list, records_path: Path, settings: dict[str, Any],
            model: Any, tokenizer: Any, extra: dict[str, Any] | None) -> int:
+    from contextlib import nullcontext
+
     from endorm.eval.harness import evaluate
     from endorm.io import JsonlWriter
+    from endorm.stats_file import StatsWriter
 
-    with JsonlWriter(records_path, resume=cfg.resume, overwrite=cfg.overwrite) as writer:
+    keep = cfg.token_stats and "endorm" in methods
+    with JsonlWriter(records_path, resume=cfg.resume, overwrite=cfg.overwrite) as writer, \
+            (StatsWriter(records_path.parent / STATS_FILE, resume=cfg.resume) if keep else nullcontext()) as sw:
         (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
         base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
         loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}
         memo = StatsMemo()
         objs = [build_method(m, loaded["rm"], memo, cfg.judge_greedy, loaded.get("ref_rm"), cfg.beta,
-                             loaded.get("classifier")) for m in methods]
+                             loaded.get("classifier"), contrasts=stored_contrasts(cfg)) for m in methods]
         return evaluate(objs, items, done, writer.write, cfg.items_per_batch,
-                        _split(cfg.dsp_systems) or DSP_DOMAINS, memo, cfg.progress)
+                        _split(cfg.dsp_systems) or DSP_DOMAINS, memo, cfg.progress, sw)

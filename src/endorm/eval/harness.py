@@ -4,15 +4,27 @@ becomes one JSONL record with every score, written as soon as it is done, so a r
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from endorm.chat import Example
 from endorm.eval.data import Item, dsp_comparisons
-from endorm.eval.methods import Method, StatsMemo
+from endorm.eval.methods import EndoRMMethod, Method, StatsMemo
 from endorm.eval.metrics import best_of_n_credit, margin
 from endorm.eval.prompts import DSP_DOMAINS, DSP_SYSTEM_PROMPTS
+from endorm.stats_file import StatsWriter
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Finished records; a last line still being written (no newline yet) is not one."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")[:-1]  # everything after the last newline is unfinished
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def record_key(method: str, item_id: str, system: str | None) -> str:
@@ -28,19 +40,32 @@ def _unordered(comparisons: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def score_item_group(
-    method: Method, items: Sequence[Item], system_name: str | None, system_text: str | None
+    method: Method, items: Sequence[Item], system_name: str | None, system_text: str | None,
+    stats_writer: StatsWriter | None = None,
 ) -> list[dict[str, Any]]:
-    """Score a batch of items under one system prompt; one record per item."""
+    """Score a batch of items under one system prompt; one record per item.
+
+    With ``stats_writer``, the ``endorm`` method's per-token arrays (every context it computed) go to the
+    sidecar first, and each record gets ``token_stats = {context: [[offset, n] per response]}``.
+    """
     sys = lambda it: system_text if system_text is not None else it.system  # noqa: E731
     examples: list[Example] = [it.example(k, sys(it)) for it in items for k in range(len(it.responses))]
     records = []
     if not method.pairwise:
-        scores = method.score(examples)
+        refs: dict[str, list[list[int]]] | None = None
+        if stats_writer is not None and isinstance(method, EndoRMMethod):
+            scores, stats = method.score_with_stats(examples)
+            refs = {ctx: stats_writer.write(lst) for ctx, lst in stats.items()}
+        else:
+            scores = method.score(examples)
         pos = 0
         for it in items:
-            s = scores[pos : pos + len(it.responses)]
-            pos += len(it.responses)
-            records.append(_record(method, it, system_name, scores=s))
+            n = len(it.responses)
+            rec = _record(method, it, system_name, scores=scores[pos : pos + n])
+            if refs is not None:
+                rec["token_stats"] = {ctx: r[pos : pos + n] for ctx, r in refs.items()}
+            pos += n
+            records.append(rec)
         return records
     # pairwise: each unordered pair once (P(b > a) = 1 - P(a > b) by the both-orders average)
     need = []
@@ -116,6 +141,7 @@ def evaluate(
     dsp_systems: Sequence[str] = DSP_DOMAINS,
     memo: StatsMemo | None = None,
     progress: bool = True,
+    stats_writer: StatsWriter | None = None,
 ) -> int:
     """Score every (method, item, system) not in ``done``; ``write`` receives each finished batch.
 
@@ -137,7 +163,7 @@ def evaluate(
                 if not todo_items:
                     continue
                 t0 = time.perf_counter()
-                recs = score_item_group(m, todo_items, name, text)
+                recs = score_item_group(m, todo_items, name, text, stats_writer)
                 dt = time.perf_counter() - t0
                 for r in recs:
                     r["elapsed_s"] = round(dt / len(recs), 3)

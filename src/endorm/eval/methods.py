@@ -157,8 +157,8 @@ class StatsMemo:
     def __init__(self) -> None:
         self._d: dict[tuple, TokenStats] = {}
 
-    def get(self, rm: EndogenousRewardModel, examples: Sequence[Example]) -> list[TokenStats]:
-        encoded = [rm.encode(e) for e in examples]
+    def get(self, rm: EndogenousRewardModel, examples: Sequence[Example], resolve: bool = True) -> list[TokenStats]:
+        encoded = [rm.encode(e, resolve=resolve) for e in examples]
         keys = [(id(rm.model), rm.config.alpha, tuple(e.input_ids), e.prompt_len) for e in encoded]
         todo = [i for i, k in enumerate(keys) if k not in self._d]
         if todo:
@@ -186,19 +186,39 @@ class Method:
 
 
 class EndoRMMethod(Method):
-    """The endogenous outcome reward (any aggregation of ``RewardConfig``)."""
+    """The endogenous outcome reward (any aggregation and contrast of ``RewardConfig``).
+
+    ``contrasts`` lists the contrast contexts whose arrays are also computed (and kept by the harness),
+    so every variant of ``endorm.eval.variants`` can be read off one run; the score itself follows
+    ``rm.config``.
+    """
 
     name = "endorm"
 
-    def __init__(self, rm: EndogenousRewardModel, memo: StatsMemo | None = None):
+    def __init__(self, rm: EndogenousRewardModel, memo: StatsMemo | None = None,
+                 contrasts: Sequence[str] = ()):
         self.rm, self.memo = rm, memo or StatsMemo()
+        want = [*contrasts, rm.config.contrast]
+        self.contrasts = [c for c in dict.fromkeys(want) if c != "none"]
+
+    def token_stats(self, examples: Sequence[Example]) -> dict[str, list[TokenStats]]:
+        """TokenStats per context: 'plain' (the responses as given) and each contrast."""
+        out = {"plain": self.memo.get(self.rm, examples)}
+        for c in self.contrasts:
+            out[c] = self.memo.get(self.rm, self.rm.contrast_examples(examples, c), resolve=False)
+        return out
+
+    def score_with_stats(self, examples: Sequence[Example]) -> tuple[list[float], dict[str, list[TokenStats]]]:
+        stats = self.token_stats(examples)
+        c = self.rm.config.contrast
+        return self.rm.totals(stats["plain"], None if c == "none" else stats[c]), stats
 
     def score(self, examples: Sequence[Example]) -> list[float]:
-        return [self.rm.outcome(s)[1] for s in self.memo.get(self.rm, examples)]
+        return self.score_with_stats(examples)[0]
 
     def settings(self) -> dict[str, Any]:
         c = self.rm.config
-        return {"alpha": c.alpha, "gamma": c.gamma, "aggregation": c.aggregation}
+        return {"alpha": c.alpha, "gamma": c.gamma, "aggregation": c.aggregation, "contrast": c.contrast}
 
 
 class LogprobMeanMethod(Method):
@@ -334,12 +354,13 @@ def build_method(
     ref_rm: EndogenousRewardModel | None = None,
     beta: float = 0.1,
     classifier: tuple[Any, Any] | None = None,
+    contrasts: Sequence[str] = (),
 ) -> Method:
     """One method on the base model of ``rm`` (its batch and chunk sizes, context window)."""
     c = rm.config
     judge = lambda: Judge(rm.model, rm.tokenizer, c.batch_size, c.chunk_size, rm.max_length)  # noqa: E731
     if name == "endorm":
-        return EndoRMMethod(rm, memo)
+        return EndoRMMethod(rm, memo, contrasts)
     if name == "logprob-mean":
         return LogprobMeanMethod(rm, memo)
     if name == "genrm-pointwise":

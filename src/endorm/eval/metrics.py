@@ -78,3 +78,13 @@ def standard_error(xs: Sequence[float]) -> float:
         return float("nan")
     m = sum(xs) / len(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+def diagonal_lift(by_sys: dict[str, dict[str, float]]) -> float:
+    """DSP, one query: mean over domains D of acc(D under D's prompt) - mean acc(D under the other prompts).
+
+    Args: by_sys[system domain][evaluated domain] = accuracy of that domain's comparisons (one query).
+    """
+    doms = list(by_sys)
+    lift = [by_sys[d][d] - sum(by_sys[x][d] for x in doms if x != d) / (len(doms) - 1) for d in doms]
+    return sum(lift) / len(lift)

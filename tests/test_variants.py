@@ -1,0 +1,196 @@
+"""Every aggregation x gamma x contrast from one pass: the kept token stats re-aggregate to exactly what
+direct scoring gives, the sidecar survives a crash, and the pre-registered split and rule are fixed."""
+
+import json
+
+import pytest
+import torch
+
+from endorm.chat import NEUTRAL_PROMPT, Example, contrast_example
+from endorm.eval import variants as V
+from endorm.eval.cli import Config, run
+from endorm.eval.data import load_rmbench
+from endorm.scoring import TokenStats
+from endorm.stats_file import StatsReader, StatsWriter
+
+ROWS = [
+    {"id": k, "subset": "alpacaeval", "prompt": f"Question {k}: what is {k}+{k}?",
+     "chosen": [f"{2 * k}.", f"It is {2 * k}, as {k} plus {k} makes {2 * k}.", f"**It is {2 * k}.**"],
+     "rejected": [f"{2 * k + 1}.", f"It is {2 * k + 1}.", f"**It is {2 * k + 1}.** Trust me on this one."]}
+    for k in range(4)
+]
+GAMMAS = "1,0.97,0.9,0.8"
+
+
+@pytest.fixture()
+def rmb_file(tmp_path):
+    p = tmp_path / "rmb.json"
+    p.write_text(json.dumps(ROWS))
+    return p
+
+
+def _eval(tmp_path, tiny, data, **kw):
+    model, tok = tiny
+    c = Config(benchmark="rm-bench", data=str(data), method="endorm", output_dir=str(tmp_path / "run"),
+               progress=False, plot=False, aggregation="all", gamma=GAMMAS, contrast="none,prompt,system",
+               system_prompt="Answer in one sentence.", items_per_batch=3, **kw)
+    assert run(c, model, tok) == 0
+    return tmp_path / "run"
+
+
+def test_expand_names_and_parse():
+    vs = V.expand("all", "1,0.9", "none,prompt")
+    names = [v.name for v in vs]
+    assert names[:5] == ["sum", "mean", "discounted@0.9", "logprob@1", "logprob@0.9"]  # discounted@1 is sum
+    assert "discounted@0.9:prompt" in names and len(names) == 10
+    assert all(V.Variant.parse(v.name) == v for v in vs)
+    assert V.expand("discounted", 1.0)[0].name == "discounted@1"  # kept when sum is not asked for
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        V.expand("median")
+    with pytest.raises(ValueError, match="gamma must be in"):
+        V.expand("discounted", "1.5")
+    with pytest.raises(ValueError, match="unknown contrast"):
+        V.expand("sum", 1, "reverse")
+
+
+def test_split_is_fixed_and_balanced(shared_data):
+    ids = [it.id for it in load_rmbench(shared_data / "rm-bench")]
+    dev = [i for i in ids if V.split_of(i) == "dev"]
+    assert 0.45 < len(dev) / len(ids) < 0.55
+    assert V.split_of("rm-bench/chat/0") == V.split_of("rm-bench/chat/0")
+    # the pre-registered salt: this exact assignment is what docs/RESULTS.md's rule refers to
+    assert [V.split_of(f"rm-bench/chat/{k}") for k in range(6)] == \
+           [V.split_of(f"rm-bench/chat/{k}") for k in range(6)]
+    assert V.SPLIT_SALT == "endorm-split-v1"
+
+
+def test_stats_file_roundtrip_and_torn_tail(tmp_path):
+    p = tmp_path / "s.f32"
+    a = TokenStats([1, 2, 3], torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([3.0, 2.0, 1.0]))
+    b = TokenStats([4], torch.tensor([-0.25]), torch.tensor([7.0]))
+    with StatsWriter(p) as w:
+        refs = w.write([a, b])
+    assert refs == [[0, 3], [6, 1]]
+    with open(p, "ab") as f:  # a crash in the middle of a value
+        f.write(b"\x00\x01")
+    with StatsWriter(p, resume=True) as w:
+        assert w.write([b]) == [[8, 1]]
+    r = StatsReader(p)
+    lp, v = r.get(refs[0])
+    assert torch.equal(lp, a.logprobs) and torch.equal(v, a.values)
+    assert torch.equal(r.get([8, 1])[1], b.values)
+    with pytest.raises(ValueError, match="outside the file"):
+        r.get([9, 5])
+
+
+def test_contrast_examples():
+    e = Example([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "Be brief.", row=3)
+    p = contrast_example(e, "prompt")
+    assert p.messages == [{"role": "user", "content": NEUTRAL_PROMPT}, {"role": "assistant", "content": "A."}]
+    assert p.system == "Be brief." and p.row == 3
+    s = contrast_example(e, "system")
+    assert s.system is None and s.messages == e.messages
+    m = Example([{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"},
+                 {"role": "assistant", "content": "A."}])
+    assert contrast_example(m, "system").messages == m.messages[1:]
+    assert contrast_example(m, "prompt").system == "S"
+    with pytest.raises(ValueError, match="unknown contrast"):
+        contrast_example(e, "other")
+
+
+def test_reaggregated_variants_equal_direct_scoring(tmp_path, tiny, tiny_rm, rmb_file):
+    run_dir = _eval(tmp_path, tiny, rmb_file)
+    variants = V.expand("all", GAMMAS, "all")
+    by_variant, settings = V.variant_records(run_dir, variants)
+    recs = {r["id"]: r for r in json.loads("[" + ",".join(
+        (run_dir / "examples.jsonl").read_text().splitlines()) + "]")}
+    items = {it.id: it for it in load_rmbench(rmb_file)}
+    assert len(variants) == 3 * (2 + 2 * 4 - 1) and settings["contrast"] == "none,prompt,system"
+    checked = 0
+    for var in variants:
+        rm = tiny_rm.with_config(aggregation=var.aggregation, gamma=var.gamma, contrast=var.contrast,
+                                 system_prompt="Answer in one sentence.")
+        for rec in by_variant[var]:
+            it = items[rec["id"]]
+            direct = rm.score_examples([it.example(k) for k in range(6)])
+            assert rec["scores"] == pytest.approx(direct, abs=1e-5), var.name
+            checked += 6
+        assert all(len(r["margins"]) == 9 for r in by_variant[var])
+    assert checked == len(variants) * 4 * 6
+    # the main table's endorm row is the first variant (sum, no contrast)
+    for rec in by_variant[V.Variant("sum")]:
+        assert rec["scores"] == pytest.approx(recs[rec["id"]]["scores"], abs=1e-6)
+    # the system contrast is the part of the reward the system prompt adds: nonzero here
+    sys_scores = [s for r in by_variant[V.Variant("sum", 1.0, "system")] for s in r["scores"]]
+    assert max(abs(s) for s in sys_scores) > 1e-3
+
+
+def test_reaggregate_cli_writes_tables_and_selects(tmp_path, tiny, rmb_file, capsys):
+    run_dir = _eval(tmp_path, tiny, rmb_file)
+    out = tmp_path / "re"
+    c = Config(reaggregate=str(run_dir), aggregation="sum,discounted,mean", gamma="0.9", contrast="none,prompt",
+               output_dir=str(out))
+    assert run(c) == 0  # no model passed: the reaggregate path must not need one
+    res = json.loads((out / "variants.json").read_text())
+    assert set(res["variants"]) == {"sum", "mean", "discounted@0.9", "sum:prompt", "mean:prompt",
+                                    "discounted@0.9:prompt"}
+    for name, r in res["variants"].items():
+        assert set(r) <= {"dev", "test", "all"} and "all" in r
+        assert 0 <= r["all"]["shorter_wins"] <= 100 and r["all"]["n"] == 4
+        dev_ids = [it for it in range(4) if V.split_of(f"rm-bench/chat/{it}") == "dev"]
+        if "dev" in r:
+            assert r["dev"]["n"] == len(dev_ids)
+    chosen = res["chosen"]
+    best = max((r["dev"]["overall"]["avg"], n) for n, r in res["variants"].items() if "dev" in r)[0]
+    assert res["variants"][chosen]["dev"]["overall"]["avg"] == best
+    md = (out / "variants.md").read_text()
+    assert f"**{chosen}** (chosen)" in md and "shorter wins" in md
+    assert "chosen by the pre-registered rule" in capsys.readouterr().out
+
+
+def test_select_rule_ties_go_to_the_first():
+    summary = {"sum": {"dev": {"overall": {"avg": 60.0}}}, "discounted@0.9": {"dev": {"overall": {"avg": 60.0}}},
+               "mean": {"dev": {"overall": {"avg": 59.0}}}}
+    assert V.select(summary) == "sum"
+    summary["mean"]["dev"]["overall"]["avg"] = 61.0
+    assert V.select(summary) == "mean"
+
+
+def test_shorter_wins_share():
+    recs = [{"lengths": [1, 5, 5], "margins": [[0, 1, 2.0], [1, 2, 1.0], [2, 0, 3.0], [0, 2, 0.0]]}]
+    # decided, unequal length: (0 beats 1: shorter wins), (2 beats 0: longer wins); (1,2) equal, (0,2) tie
+    assert V.shorter_wins(recs) == (50.0, 2)
+
+
+def test_resume_keeps_stats_consistent(tmp_path, tiny, rmb_file):
+    model, tok = tiny
+    base = dict(benchmark="rm-bench", data=str(rmb_file), method="endorm", output_dir=str(tmp_path / "run"),
+                progress=False, plot=False, aggregation="all", gamma="1,0.9", contrast="none,prompt",
+                items_per_batch=1)
+    assert run(Config(limit=2, **base), model, tok) == 0
+    with open(tmp_path / "run" / "token_stats.f32", "ab") as f:  # a crash while writing the next item
+        f.write(b"\x01\x02\x03\x04\x05\x06")
+    assert run(Config(resume=True, **base), model, tok) == 0
+    recs = [json.loads(x) for x in (tmp_path / "run" / "examples.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and len({r["id"] for r in recs}) == 4
+    # a fresh, uninterrupted run gives the same variants
+    fresh = dict(base, output_dir=str(tmp_path / "fresh"))
+    assert run(Config(**fresh), model, tok) == 0
+    vs = V.expand("all", "1,0.9", "none,prompt")
+    a, _ = V.variant_records(tmp_path / "run", vs)
+    b, _ = V.variant_records(tmp_path / "fresh", vs)
+    for v in vs:
+        sa = {r["id"]: r["scores"] for r in a[v]}
+        sb = {r["id"]: r["scores"] for r in b[v]}
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert sa[k] == pytest.approx(sb[k], abs=1e-5)
+
+
+def test_reaggregate_needs_kept_stats(tmp_path, tiny, rmb_file):
+    model, tok = tiny
+    c = Config(benchmark="rm-bench", data=str(rmb_file), method="endorm", output_dir=str(tmp_path / "run"),
+               progress=False, plot=False, token_stats=False)
+    assert run(c, model, tok) == 0
+    with pytest.raises(FileNotFoundError, match="token-stats file"):
+        V.reaggregate(tmp_path / "run", V.expand("sum"))
