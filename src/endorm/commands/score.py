@@ -17,6 +17,7 @@ from typing import Any
 from endorm.chat import Encoded
 from endorm.io import JsonlWriter, read_jsonl, row_to_example
 from endorm.reward_model import EndogenousRewardModel, RewardConfig
+from endorm.rows import scored_row
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,6 @@ def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
 def _iter_jsonl_rows(path: str):
     for _, row in read_jsonl(path):
         yield row
-
-
-def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool) -> dict[str, Any]:
-    """The input row, every field kept, with "reward" (and "token_rewards") added."""
-    out = dict(row)
-    if tokens:
-        view = rm.token_view(stats)
-        out["reward"] = view.total
-        out["token_rewards"] = view.to_dict()
-    else:
-        out["reward"] = rm.outcome(stats)[1]
-    return out
 
 
 def run(cfg: Config) -> int:
