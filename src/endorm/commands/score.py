@@ -12,6 +12,7 @@ import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from endorm.chat import Encoded
@@ -73,7 +74,11 @@ def run(cfg: Config) -> int:
         raise ValueError("--input and --output are required")
     from tqdm import tqdm
 
+    if Path(cfg.output).resolve() == Path(cfg.input).resolve():
+        raise ValueError(f"--output is the --input file {cfg.input}; write the scores to another file")
     numbered = list(read_jsonl(cfg.input))
+    if not numbered:
+        raise ValueError(f"{cfg.input} has no rows (the file is empty or only blank lines)")
     rows = [r for _, r in numbered]
     examples = [row_to_example(r, where=f"line {n}") for n, r in numbered]
     writer = JsonlWriter(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
