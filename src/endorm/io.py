@@ -93,10 +93,11 @@ def count_complete_lines(path: Path) -> int:
 class JsonlWriter:
     """Append rows to a JSONL file, flushed and fsynced per batch, so finished rows survive a crash.
 
-    The file is opened at the first ``write``: a run that fails before it has scored anything (a bad row,
-    a model that does not load) leaves no output file behind, and with ``overwrite`` the old file stays
-    intact until new rows replace it. A batch is written whole or not at all: if writing fails (disk
-    full, I/O error), the file is cut back to the rows before the batch and an OSError says so.
+    The output is checked for writability at once (an unwritable output fails before any work) but
+    opened only at the first write: a run that fails before it has scored anything (a bad row, a model
+    that does not load) leaves no file behind, and with ``overwrite`` the old file stays intact until
+    new rows replace it. A batch is written whole or not at all: if writing fails (disk full, I/O
+    error), the file is cut back to the rows before the batch and an OSError says so.
     """
 
     def __init__(self, path: str | Path, resume: bool = False, overwrite: bool = False):
@@ -106,24 +107,35 @@ class JsonlWriter:
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not (resume or overwrite):
             raise FileExistsError(f"{self.path} exists; pass --resume to continue it or --overwrite to replace it")
-        self.resume = resume
         self.done = count_complete_lines(self.path) if resume else 0
+        self._replace = not resume  # drop the old rows at the first write
+        self._created = False
         self._f: Any = None
+        self._probe()  # fail now, not after the model has loaded and scored a batch
 
-    def _open(self) -> Any:
+    def _probe(self) -> None:
+        created = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return open(self.path, "a" if self.resume else "w", encoding="utf-8")
+            open(self.path, "a", encoding="utf-8").close()  # "a": changes nothing in an existing file
         except OSError as e:
             raise type(e)(e.errno, f"cannot write the output {self.path}: {e.strerror}") from None
+        if created:
+            self.path.unlink(missing_ok=True)
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        if self._f is None:
-            self._f = self._open()
-        f = self._f
-        before = os.fstat(f.fileno()).st_size  # flushed after every batch: the rows so far
+        before = 0
         try:
+            if self._f is None:
+                self._created = not self.path.exists()
+                self._f = open(self.path, "a", encoding="utf-8")
+            f = self._f
+            if self._replace:
+                if os.fstat(f.fileno()).st_size:
+                    f.truncate(0)
+                self._replace = False
+            before = os.fstat(f.fileno()).st_size  # flushed after every batch: the rows so far
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -135,16 +147,19 @@ class JsonlWriter:
 
     def _cut_back(self, size: int) -> None:
         f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # the unflushed rest of the failed batch is what could not be written
         try:
-            f.close()
-        except OSError:
-            pass  # the unflushed rest of the failed batch is what could not be written
-        try:
-            with open(self.path, "rb+") as g:
-                g.truncate(size)
+            if size == 0 and self._created:
+                self.path.unlink(missing_ok=True)
+            elif self.path.exists():
+                with open(self.path, "rb+") as g:
+                    g.truncate(size)
         except OSError:
             pass  # e.g. /dev/full; a torn last line is also cut off by --resume
-        self.resume = True  # a later write (after the caller freed space) appends to what is kept
 
     def close(self) -> None:
         if self._f is not None:
