@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 
+# the roles chat templates know; anything else (e.g. ShareGPT's "human"/"gpt") would render as junk or fail
+ROLES = ("system", "user", "assistant", "tool")
+
 
 class RowError(ValueError):
     """Bad input, with the row (0-based index or a label like 'line 3') and field it came from."""
@@ -64,6 +67,10 @@ def validate(example: Example) -> None:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise RowError(row, f"message {i} must be an object with string 'role' and 'content'", "messages")
+    for i, m in enumerate(msgs):
+        if m["role"] not in ROLES:
+            raise RowError(row, f"message {i} has the unknown role {m['role']!r}; use one of {', '.join(ROLES)}",
+                           "messages")
     if msgs[-1]["role"] != "assistant":
         raise RowError(row, "the last message must be the assistant's (the response to score)", "messages")
     if len(msgs) < 2:

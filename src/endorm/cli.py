@@ -43,13 +43,26 @@ def parse_config(config_cls: type, argv: list[str], prog: str = "endorm", descri
     parser = build_parser(config_cls, prog, description)
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        data = yaml.safe_load(Path(pre.config).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(pre.config).read_text(encoding="utf-8-sig")) or {}
+        except OSError as e:
+            parser.error(f"--config {pre.config}: {e.strerror or e}")
+        except UnicodeDecodeError as e:
+            parser.error(f"--config {pre.config}: not valid UTF-8 ({e.reason} at byte {e.start})")
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            parser.error(f"--config {pre.config}: invalid YAML{where}: {getattr(e, 'problem', None) or e}")
         if not isinstance(data, dict):
             parser.error(f"{pre.config}: expected a mapping of field: value")
-        known = {f.dest for f in parser._actions}
-        unknown = sorted(k for k in data if k.replace("-", "_") not in known)
+        actions = {a.dest: a for a in parser._actions}
+        unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in actions)
         if unknown:
             parser.error(f"{pre.config}: unknown field(s) {', '.join(unknown)}")
+        for k, v in data.items():  # argparse checks the types of flags, not of defaults
+            a = actions[k.replace("-", "_")]
+            if isinstance(v, (list, dict)) and a.nargs not in ("*", "+"):
+                parser.error(f"{pre.config}: field {k!r} takes one value, got a YAML {type(v).__name__}")
         parser.set_defaults(**{k.replace("-", "_"): v for k, v in data.items()})
         # a YAML value satisfies a required flag
         for action in parser._actions:
@@ -96,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name])
     if hasattr(module, "normalize_argv"):  # e.g. `endorm download NAME`: a bare name becomes --name NAME
         rest = module.normalize_argv(rest)
-    cfg = parse_config(module.Config, rest, prog=f"endorm {name}", description=module.__doc__ or "")
+    try:
+        cfg = parse_config(module.Config, rest, prog=f"endorm {name}", description=module.__doc__ or "")
+    except (ValueError, TypeError) as e:  # a Config's own checks (e.g. gamma in (0, 1]) are usage errors
+        print(f"endorm {name}: error: {e}", file=sys.stderr)
+        return 2
     try:
         code = module.run(cfg)
     except KeyboardInterrupt:
         print("interrupted; finished rows are saved, rerun with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad input, a missing or unwritable file, a full disk
         print(f"endorm {name}: error: {e}", file=sys.stderr)
         return 1
     return int(code or 0)

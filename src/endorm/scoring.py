@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from endorm.chat import Encoded
+from endorm.chat import Encoded, RowError
 from endorm.rewards import action_logprobs, logprobs_and_values, shift_logits_and_labels, soft_values
 
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
@@ -259,4 +259,9 @@ def compute_stats(
         stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id)
         for i, s in zip(idx, stats, strict=True):
             results[i] = s
+    for e, s in zip(examples, results, strict=True):
+        assert s is not None
+        if not (torch.isfinite(s.logprobs).all() and torch.isfinite(s.values).all()):
+            raise RowError(e.row, "the model returned non-finite log-probabilities or values (nan/inf) for this "
+                           "response: its weights are broken or its dtype overflows (try --dtype float32)")
     return results  # type: ignore[return-value]

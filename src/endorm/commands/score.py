@@ -12,11 +12,13 @@ import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from endorm.chat import Encoded
 from endorm.io import JsonlWriter, read_jsonl, row_to_example
 from endorm.reward_model import EndogenousRewardModel, RewardConfig
+from endorm.rows import scored_row
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +69,16 @@ def _iter_jsonl_rows(path: str):
         yield row
 
 
-def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool) -> dict[str, Any]:
-    """The input row, every field kept, with "reward" (and "token_rewards") added."""
-    out = dict(row)
-    if tokens:
-        view = rm.token_view(stats)
-        out["reward"] = view.total
-        out["token_rewards"] = view.to_dict()
-    else:
-        out["reward"] = rm.outcome(stats)[1]
-    return out
-
-
 def run(cfg: Config) -> int:
     if not cfg.input or not cfg.output:
         raise ValueError("--input and --output are required")
     from tqdm import tqdm
 
+    if Path(cfg.output).resolve() == Path(cfg.input).resolve():
+        raise ValueError(f"--output is the --input file {cfg.input}; write the scores to another file")
     numbered = list(read_jsonl(cfg.input))
+    if not numbered:
+        raise ValueError(f"{cfg.input} has no rows (the file is empty or only blank lines)")
     rows = [r for _, r in numbered]
     examples = [row_to_example(r, where=f"line {n}") for n, r in numbered]
     writer = JsonlWriter(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)

@@ -4,7 +4,7 @@ The rows go into a Ray Dataset as ``(index, JSON text)`` pairs (JSON keeps arbit
 rows intact through Arrow), ``map_batches`` runs them through a pool of actors that each hold one
 model replica (one GPU each with ``num_gpus_per_actor=1``), and the driver writes the scored rows back
 in input order as they arrive. Each actor scores with the same code as the single-process path
-(``endorm.commands.score.scored_row`` on ``endorm.scoring.compute_stats``), so the output rows have the
+(``endorm.rows.scored_row`` on ``endorm.scoring.compute_stats``), so the output rows have the
 same fields and, up to float32 rounding between batch compositions, the same numbers.
 
 On a laptop this starts a local Ray cluster; on a real cluster, set ``RAY_ADDRESS=auto`` (or pass
@@ -61,8 +61,8 @@ class RowScorer:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from endorm.commands.score import scored_row
         from endorm.io import row_to_example
+        from endorm.rows import scored_row
 
         rm = self.rm
         rows = [json.loads(s) for s in batch["row"]]

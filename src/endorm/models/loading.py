@@ -107,6 +107,8 @@ def load_model_and_tokenizer(
                 f"model {target!r} not found: not a registry name ({', '.join(sorted(REGISTRY))}), "
                 "an existing directory or a .gguf file"
             )
+        if local.is_dir():
+            return _load_local_dir(local, name_or_path, dtype, device, **model_kwargs)
         try:
             tok = AutoTokenizer.from_pretrained(target)
             model = AutoModelForCausalLM.from_pretrained(target, dtype=_torch_dtype(dtype), **model_kwargs)
@@ -116,6 +118,39 @@ def load_model_and_tokenizer(
                 f"({', '.join(sorted(REGISTRY))}), a local directory or a .gguf file, and loading it as a "
                 f"Hugging Face hub id failed ({str(e).splitlines()[0]})"
             ) from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return model, tok
+
+
+def _from_dir(path: Path, torch_dtype: Any, **model_kwargs: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **model_kwargs)
+    return model, tok
+
+
+def _load_local_dir(path: Path, name: str | None, dtype: str, device: str, **model_kwargs: Any) -> tuple[Any, Any]:
+    """Load a model directory; name the directory when its files are corrupt or incomplete.
+
+    A registry model's directory is endorm's own cache, dequantised from the verified GGUF: when it does
+    not load (a truncated or corrupted file), it is deleted and rebuilt once from the GGUF.
+    """
+    registry_name = (name or DEFAULT_MODEL) if (name or DEFAULT_MODEL) in REGISTRY else None
+    torch_dtype = _torch_dtype(dtype)
+    try:
+        model, tok = _from_dir(path, torch_dtype, **model_kwargs)
+    except Exception as e:  # noqa: BLE001 - safetensors, json and OSError failures all mean a bad file
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if registry_name is None:
+            raise ValueError(f"could not load the model in {path}: its files are corrupt or incomplete ({reason})") from e
+        log.warning("the cached copy of %s in %s does not load (%s); rebuilding it from the verified GGUF",
+                    registry_name, path, reason)
+        shutil.rmtree(path, ignore_errors=True)
+        path = prepare_registry_model(registry_name)
+        model, tok = _from_dir(path, torch_dtype, **model_kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.to(device).eval()

@@ -16,7 +16,7 @@ from endorm.rl.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_dataset", "build_grpo_config", "build_trainer", "train"]
+__all__ = ["build_dataset", "build_grpo_config", "build_trainer", "last_checkpoint", "train"]
 
 
 def _require_trl() -> None:
@@ -125,6 +125,21 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
                        processing_class=tok, callbacks=cbs)
 
 
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` in ``output_dir``, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without it was cut off mid-save (a kill
+    during saving); resuming from it would fail, and the previous, complete one is used instead.
+    """
+    ckpts = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
+    for p in reversed(ckpts):
+        if (p / "trainer_state.json").is_file():
+            return p
+        log.warning("--resume: skipping the incomplete checkpoint %s (no trainer_state.json)", p)
+    return None
+
+
 def train(cfg: TrainConfig, **kwargs: Any) -> Path:
     """Run GRPO and save the final policy (with its tokenizer) to ``output_dir/final``."""
     import torch
@@ -138,8 +153,8 @@ def train(cfg: TrainConfig, **kwargs: Any) -> Path:
     trainer = build_trainer(cfg, **kwargs)
     resume = None
     if cfg.resume:
-        ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        resume = str(ckpts[-1]) if ckpts else None
+        last = last_checkpoint(out)
+        resume = str(last) if last else None
         if resume is None:
             log.info("--resume: no checkpoint in %s, starting fresh", out)
     trainer.train(resume_from_checkpoint=resume)
