@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 # -- running and killing -------------------------------------------------------------------------------------------
 
 def subprocess_env() -> dict[str, str]:

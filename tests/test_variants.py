@@ -134,7 +134,7 @@ def test_reaggregate_cli_writes_tables_and_selects(tmp_path, tiny, rmb_file, cap
     res = json.loads((out / "variants.json").read_text())
     assert set(res["variants"]) == {"sum", "mean", "discounted@0.9", "sum:prompt", "mean:prompt",
                                     "discounted@0.9:prompt"}
-    for name, r in res["variants"].items():
+    for r in res["variants"].values():
         assert set(r) <= {"dev", "test", "all"} and "all" in r
         assert 0 <= r["all"]["shorter_wins"] <= 100 and r["all"]["n"] == 4
         dev_ids = [it for it in range(4) if V.split_of(f"rm-bench/chat/{it}") == "dev"]

@@ -16,7 +16,16 @@ import torch
 
 from endorm import rewards as R
 from endorm import scoring
-from endorm.chat import CONTRASTS, NEUTRAL_PROMPT, Encoded, Example, Message, contrast_example, encode, end_token_ids
+from endorm.chat import (
+    CONTRASTS,
+    NEUTRAL_PROMPT,
+    Encoded,
+    Example,
+    Message,
+    contrast_example,
+    encode,
+    end_token_ids,
+)
 from endorm.scoring import TokenStats
 
 log = logging.getLogger(__name__)
@@ -172,6 +181,21 @@ class EndogenousRewardModel:
         c = self.config
         r, total = R.outcome(stats.logprobs, stats.values, c.aggregation, c.gamma, c.alpha)  # [n], []
         return r, float(total)
+
+    def encode_with_contrast(self, example: Example) -> list[Encoded]:
+        """[the row] or, with a contrast, [the row, the row in its contrast context]: what scoring it needs."""
+        enc = self.encode(example)
+        if self.config.contrast == "none":
+            return [enc]
+        return [enc, self.encode(self.contrast_examples([example])[0], resolve=False)]
+
+    @staticmethod
+    def split_contrast(stats: Sequence[TokenStats], n: int) -> tuple[list[TokenStats], list[TokenStats] | None]:
+        """Stats of ``n`` rows encoded with ``encode_with_contrast`` and flattened row-major, back to
+        (the rows' stats, their contrast contexts' stats or None)."""
+        if len(stats) == n:
+            return list(stats), None
+        return list(stats[0::2]), list(stats[1::2])
 
     def contrast_stats(self, examples: Sequence[Example]) -> list[TokenStats] | None:
         """TokenStats of the responses in the contrast context, or None without a contrast."""

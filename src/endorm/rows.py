@@ -12,13 +12,16 @@ if TYPE_CHECKING:
     from endorm.reward_model import EndogenousRewardModel
 
 
-def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool) -> dict[str, Any]:
-    """The input row, every field kept, with "reward" (and "token_rewards") added."""
+def scored_row(row: dict[str, Any], rm: EndogenousRewardModel, stats: Any, tokens: bool,
+               base: Any = None) -> dict[str, Any]:
+    """The input row, every field kept, with "reward" (and "token_rewards") added.
+
+    ``base``: the TokenStats of the row's contrast context when ``rm`` has a contrast (else None)."""
     out = dict(row)
     if tokens:
-        view = rm.token_view(stats)
+        view = rm.token_view(stats, base)
         out["reward"] = view.total
         out["token_rewards"] = view.to_dict()
     else:
-        out["reward"] = rm.outcome(stats)[1]
+        out["reward"] = rm.totals([stats], None if base is None else [base])[0]
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from endorm.chat import Encoded
 from endorm.io import JsonlWriter, read_jsonl, row_to_example
 from endorm.reward_model import EndogenousRewardModel, RewardConfig
 from endorm.rows import scored_row
+from endorm.stats_file import StatsWriter
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,19 @@ class Config(RewardConfig):
     system: str | None = field(default=None, metadata={"help": "system prompt / principle for rows without their own"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu, cuda, cuda:1"})
-    tokens: bool = field(default=False, metadata={"help": "also write token-level rewards (log pi, V(s_t), r_t)"})
+    tokens: bool = field(default=False, metadata={
+        "help": "also write token-level rewards (log pi, V(s_t), r_t) and keep the float32 arrays in "
+                "OUTPUT.stats.f32 (row field token_stats = {context: [offset, n]}; see endorm.stats_file)"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run of the same input/output"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
     show: int = field(default=10, metadata={"help": "print a table of the first N scored rows (0: none)"})
     engine: str = field(default="local", metadata={"help": "local | ray (distributed scoring with Ray Data)"})
     num_actors: int = field(default=1, metadata={"help": "with --engine ray: model replicas (actors)"})
+
+
+def stats_path(output: str | Path) -> Path:
+    """The float32 sidecar of ``--tokens`` beside the output file."""
+    return Path(str(output) + ".stats.f32")
 
 
 def reward_config(cfg: Config) -> RewardConfig:
@@ -59,7 +68,7 @@ def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
         raise ValueError(f"{out_path} has {done} rows but the input only {len(rows)}: not the same run")
     *_, last = itertools.islice(_iter_jsonl_rows(out_path), done)
     expected = rows[done - 1]
-    if any(last.get(k) != v for k, v in expected.items() if k not in ("reward", "token_rewards")):
+    if any(last.get(k) != v for k, v in expected.items() if k not in ("reward", "token_rewards", "token_stats")):
         raise ValueError(f"{out_path} row {done} does not match input row {done}: not the same input; "
                          "use --overwrite to start again")
 
@@ -99,12 +108,21 @@ def run(cfg: Config) -> int:
 
     rm = EndogenousRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                                **{k: v for k, v in vars(reward_config(cfg)).items()})
-    encoded: list[Encoded] = [rm.encode(e) for e in examples[start:]]  # every row checked before scoring
-    with writer, tqdm(total=len(rows), initial=start, unit="row", desc="scoring", file=sys.stderr) as bar:
+    # every row checked before scoring; with a contrast each row brings its contrast context along
+    encoded: list[list[Encoded]] = [rm.encode_with_contrast(e) for e in examples[start:]]
+    sidecar = StatsWriter(stats_path(cfg.output), resume=bool(start)) if cfg.tokens else nullcontext()
+    with writer, sidecar as sw, tqdm(total=len(rows), initial=start, unit="row", desc="scoring",
+                                      file=sys.stderr) as bar:
         for i in range(0, len(encoded), WRITE_EVERY):
             block = encoded[i : i + WRITE_EVERY]
-            stats = rm.stats_encoded(block)
-            writer.write([scored_row(rows[start + i + j], rm, s, cfg.tokens) for j, s in enumerate(stats)])
+            stats, base = rm.split_contrast(rm.stats_encoded([e for pair in block for e in pair]), len(block))
+            out = [scored_row(rows[start + i + j], rm, s, cfg.tokens, None if base is None else base[j])
+                   for j, s in enumerate(stats)]
+            if sw is not None:  # the arrays first: a row never points at data that is not on disk
+                refs = {"plain": sw.write(stats), **({rm.config.contrast: sw.write(base)} if base else {})}
+                for j, row in enumerate(out):
+                    row["token_stats"] = {ctx: r[j] for ctx, r in refs.items()}
+            writer.write(out)
             bar.update(len(block))
     _print_table(cfg.output, cfg.show)
     return 0

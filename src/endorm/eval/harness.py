@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from endorm.chat import Example

@@ -268,7 +268,9 @@ def markdown(summary: dict[str, Any], benchmark: str, chosen: str | None = None)
         lines.append("|" + "---|" * 6)
         for name, res in summary.items():
             mark = f"**{name}** (chosen)" if name == chosen else name
-            g = lambda s, k="accuracy": _f(res[s][k]) if s in res else "—"  # noqa: E731
+            def g(s: str, k: str = "accuracy", res: dict = res) -> str:
+                return _f(res[s][k]) if s in res else "—"
+
             lines.append(f"| {mark} | {g('dev')} | {g('test')} | {g('all')} | {g('all', 'shorter_wins')} | "
                          f"{res['all']['n']} |")
     return "\n".join(lines) + "\n"

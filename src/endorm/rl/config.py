@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from endorm.reward_model import RewardConfig
 from endorm.rl.rewards import REWARDS
 
 
@@ -19,7 +20,11 @@ class TrainConfig:
     reward_model: str | None = field(
         default=None, metadata={"help": "frozen reward model for the model-based rewards (default: the policy's base)"}
     )
-    alpha: float = field(default=1.0, metadata={"help": "alpha of the endogenous reward (soft-Q temperature)"})
+    alpha: float = field(default=RewardConfig.alpha, metadata={"help": "alpha of the endogenous reward (soft-Q temperature)"})
+    aggregation: str = field(default=RewardConfig.aggregation, metadata={
+        "help": "endogenous reward's aggregation: sum (the paper's formula as written) | mean | discounted | logprob"})
+    gamma: float = field(default=RewardConfig.gamma, metadata={"help": "endogenous reward's discount"})
+    contrast: str = field(default=RewardConfig.contrast, metadata={"help": "endogenous reward's contrast: none | prompt | system"})
     dataset: str = field(
         default="gsm8k-train",
         metadata={"help": "training prompts: a benchmark name of `endorm math-eval` (e.g. gsm8k-train) or a .jsonl"},

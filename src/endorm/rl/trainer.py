@@ -113,7 +113,9 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
         if reward_model is None:
             from endorm import EndogenousRewardModel
 
-            reward_model = EndogenousRewardModel.from_pretrained(cfg.reward_model or path, alpha=cfg.alpha)
+            reward_model = EndogenousRewardModel.from_pretrained(
+                cfg.reward_model or path, alpha=cfg.alpha, aggregation=cfg.aggregation, gamma=cfg.gamma,
+                contrast=cfg.contrast)
         for p in reward_model.model.parameters():
             p.requires_grad_(False)
         erm = EndogenousRewardFunction(reward_model)

@@ -51,8 +51,9 @@ class ServeSettings:
     max_wait_ms: float = field(default=5.0, metadata={"help": "how long a request waits for others to batch with"})
 
 
-def _token_rewards(rm: EndogenousRewardModel, stats: TokenStats) -> tuple[float, dict[str, Any]]:
-    tr = rm.token_view(stats)
+def _token_rewards(rm: EndogenousRewardModel, stats: TokenStats,
+                   base: TokenStats | None = None) -> tuple[float, dict[str, Any]]:
+    tr = rm.token_view(stats, base)
     return tr.total, tr.to_dict()
 
 
@@ -153,13 +154,13 @@ def create_app(
             if not isinstance(row, dict):
                 raise HTTPError(422, f"row {i}: must be a JSON object, got {type(row).__name__}")
             try:
-                encoded.append(rm.encode(row_to_example(row, where=i)))
+                encoded += rm.encode_with_contrast(row_to_example(row, where=i))
             except (RowError, ValueError, TypeError) as e:
                 raise HTTPError(422, str(e)) from None
-        stats = await score_encoded(encoded)
+        stats, base = rm.split_contrast(await score_encoded(encoded), len(rows))
         if not tokens:
-            return {"rewards": [rm.outcome(st)[1] for st in stats]}
-        pairs = [_token_rewards(rm, st) for st in stats]
+            return {"rewards": rm.totals(stats, base)}
+        pairs = [_token_rewards(rm, st, None if base is None else base[k]) for k, st in enumerate(stats)]
         return {"rewards": [p[0] for p in pairs], "token_rewards": [p[1] for p in pairs]}
 
     @app.post("/get_reward")
@@ -181,11 +182,11 @@ def create_app(
         for i, q in enumerate(queries):
             try:
                 example = splitter[0].split(q, prompts[i] if prompts is not None else None, row=i)
-                encoded.append(rm.encode(example))
+                encoded += rm.encode_with_contrast(example)
             except (RowError, ValueError, TypeError) as e:
                 raise HTTPError(422, str(e)) from None
-        stats = await score_encoded(encoded)
-        rewards = [rm.outcome(st)[1] for st in stats]
+        stats, base = rm.split_contrast(await score_encoded(encoded), len(queries))
+        rewards = rm.totals(stats, base)
         return {
             "rewards": rewards,
             "scores": rewards,
