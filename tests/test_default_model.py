@@ -10,7 +10,13 @@ P = "What is the capital of France?"
 TOL = 1e-2
 
 
+def paper(rm):
+    """The paper's formula as written (sum, gamma = 1): the values below were stored for it."""
+    return rm.with_config(aggregation="sum", gamma=1.0, contrast="none")
+
+
 def test_expected_scores(default_rm):
+    default_rm = paper(default_rm)
     pairs = [
         (P, "The capital of France is Paris.", 24.3712),
         (P, "The capital of France is Berlin.", 14.7506),
@@ -23,6 +29,7 @@ def test_expected_scores(default_rm):
 
 
 def test_expected_token_rewards(default_rm):
+    default_rm = paper(default_rm)
     tr = default_rm.token_rewards(P, "Paris.")
     assert tr.tokens == ["Paris", ".", "<|im_end|>"]
     assert tr.token_ids == [38634, 30, 2]
@@ -33,6 +40,7 @@ def test_expected_token_rewards(default_rm):
 
 
 def test_system_prompt_and_aggregations(default_rm):
+    default_rm = paper(default_rm)
     pirate = "You are a pirate. Always answer like a pirate."
     assert default_rm.score([P], ["The capital of France is Paris."], systems=[pirate])[0] == pytest.approx(19.8051, abs=TOL)
     both = [P, P], ["The capital of France is Paris.", "The capital of France is Berlin."]

@@ -78,15 +78,22 @@ def test_score_order_and_company(tiny_rm):
 
 
 def test_outcome_equals_telescoped_form(tiny_rm):
-    tr = tiny_rm.token_rewards(PROMPT, RESPONSES[0])
+    paper = tiny_rm.with_config(aggregation="sum", gamma=1.0, contrast="none")  # the paper's formula as written
+    tr = paper.token_rewards(PROMPT, RESPONSES[0])
     assert tr.total == pytest.approx(sum(tr.rewards), abs=1e-4)
     assert tr.total == pytest.approx(sum(tr.logprobs) + tr.values[0], abs=1e-4)  # alpha log pi(y|x) + V(s1)
     assert tr.tokens[-1] == "<|im_end|>"  # the closing token is scored; the template's newline is not
     assert "".join(tr.tokens[:-1]) == RESPONSES[0]
-    assert tr.total == pytest.approx(tiny_rm.score([PROMPT], [RESPONSES[0]])[0], abs=1e-4)
+    assert tr.total == pytest.approx(paper.score([PROMPT], [RESPONSES[0]])[0], abs=1e-4)
+    # the default form is the same stored arrays aggregated its way
+    c = tiny_rm.config
+    dflt = sum(c.gamma**t * x for t, x in enumerate(tr.rewards)) if c.aggregation == "discounted" else None
+    if dflt is not None:
+        assert tiny_rm.token_rewards(PROMPT, RESPONSES[0]).total == pytest.approx(dflt, abs=1e-4)
 
 
 def test_aggregations_through_the_model(tiny_rm):
+    tiny_rm = tiny_rm.with_config(aggregation="sum", gamma=1.0)
     tr = tiny_rm.token_rewards(PROMPT, RESPONSES[3])
     n = len(tr.rewards)
     mean = tiny_rm.with_config(aggregation="mean").score([PROMPT], [RESPONSES[3]])[0]

@@ -65,7 +65,8 @@ def test_score_token_rewards(client, tiny_rm):
     for total, tr, row in zip(body["rewards"], body["token_rewards"], ROWS[:2], strict=True):
         assert set(tr) == {"tokens", "token_ids", "logprobs", "values", "rewards", "total"}
         assert len(tr["tokens"]) == len(tr["token_ids"]) == len(tr["rewards"]) == len(tr["values"]) > 1
-        assert sum(tr["rewards"]) == pytest.approx(total, abs=1e-3)  # aggregation 'sum'
+        assert tr["total"] == pytest.approx(total, abs=1e-5)
+        assert total == pytest.approx(tiny_rm.score([row["prompt"]], [row["response"]])[0], abs=1e-4)
         ref = tiny_rm.token_rewards(row["prompt"], row["response"])
         assert tr["token_ids"] == ref.token_ids
         assert tr["rewards"] == pytest.approx(ref.rewards, abs=TOL)
