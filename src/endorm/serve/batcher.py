@@ -121,6 +121,7 @@ class DynamicBatcher:
         else:
             first = await self._queue.get()
         batch, n = [first], len(first.items)
+        self._inflight = batch  # from now on the batch is the worker's: close() must see it, even mid-gather
         deadline = first.enqueued + self.max_wait  # a request waits at most max_wait for company
         while n < self.max_batch_items:
             if self._queue.empty():
@@ -146,7 +147,7 @@ class DynamicBatcher:
         try:
             while True:
                 await self._run_batch(loop, await self._gather())
-                self._inflight = []
+                self._inflight = []  # answered (or failed) by _run_batch
         except asyncio.CancelledError:
             self._fail_pending(ShuttingDown("the server is shutting down"))
             raise
@@ -160,7 +161,6 @@ class DynamicBatcher:
         if not live:
             return
         flat = [it for p in live for it in p.items]
-        self._inflight = live
         try:
             results = await loop.run_in_executor(self._executor, self._checked, flat)
         except Exception as e:  # noqa: BLE001 - retried per request below
