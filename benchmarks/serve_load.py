@@ -418,7 +418,8 @@ def main() -> int:
     ap.add_argument("--deadline-s", type=float, default=1800, help="no new load requests after this long")
     ap.add_argument("--timeout-s", type=float, default=300, help="per-request timeout")
     ap.add_argument("--no-faults", action="store_true", help="skip the fault phases")
-    ap.add_argument("--fault-rows", type=int, default=64, help="rows in the big request of the fault phases")
+    ap.add_argument("--fault-rows", type=int, default=32,
+                    help="rows in the big request of the fault phases (the longest rows of the set)")
     ap.add_argument("--fault-bound-s", type=float, default=120, help="time bound of each fault phase's checks")
     ap.add_argument("--client-timeout-s", type=float, default=0.05, help="client timeout of the timeout fault")
     ap.add_argument("--shutdown-burst", type=int, default=32, help="concurrent requests in flight at SIGTERM")
