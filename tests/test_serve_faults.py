@@ -191,3 +191,21 @@ def test_shutting_down_is_503(tiny_rm):
         r = c.post("/score", json={"rows": ROWS[:1]})
     assert r.status_code == 503, r.text
     assert "shutting down" in r.json()["detail"] and r.headers.get("retry-after") == "1"
+
+
+def test_cancelled_at_shutdown_is_503(tiny_rm):
+    """uvicorn cancels requests still running when the graceful timeout runs out: 503, not a 500."""
+    from fastapi.testclient import TestClient
+
+    from endorm.serve.app import create_app
+
+    app = create_app(tiny_rm)
+
+    async def cancelled(items):
+        raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
+
+    app.state.batcher.submit = cancelled
+    with TestClient(app) as c:
+        r = c.post("/score", json={"rows": ROWS[:1]})
+    assert r.status_code == 503, r.text
+    assert "graceful timeout" in r.json()["detail"]

@@ -18,6 +18,7 @@ the server shuts down is answered 503 (``ShuttingDown``), never left hanging.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -137,6 +138,11 @@ def create_app(
             return await batcher.submit(encoded)
         except ShuttingDown as e:
             raise HTTPError(503, f"{e}; retry later", {"Retry-After": "1"}) from None
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --graceful-timeout-s runs out at shutdown;
+            # uncaught, Starlette would answer them 500 with a traceback. Answer 503 instead.
+            raise HTTPError(503, "the server is shutting down (graceful timeout exceeded); retry later",
+                            {"Retry-After": "1"}) from None
         except Exception as e:  # noqa: BLE001 - a model failure is the server's fault: 500 with the reason
             log.exception("scoring failed")
             raise HTTPError(500, f"scoring failed: {type(e).__name__}: {e}") from None
