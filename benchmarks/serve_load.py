@@ -1,17 +1,30 @@
-"""Load test of ``endorm serve`` on loopback: N concurrent clients x M requests, every answer checked.
+"""Load and fault test of ``endorm serve`` on loopback: N concurrent clients x M requests, every answer checked,
+then a client that disconnects, a client that times out, and a SIGTERM under load.
 
-1. In-process baseline: the same rows scored by ``EndogenousRewardModel.score_examples`` in this process
-   (rows/s, and the reference scores every served answer is compared with).
-2. ``endorm serve`` is started as a subprocess on 127.0.0.1 and an ephemeral port, with an API key.
-3. Bad requests (no key, wrong key, malformed JSON, missing field, bad row, too many rows, oversize body)
+1. Rows: N x M x rows-per-request DISTINCT rows from GSM8K test (shared data), of mixed lengths: a seeded
+   ``--long-share`` of them are the whole question and worked solution, the rest a question's first
+   sentence and "The answer is N.". Every ``--system-every``-th /score request carries a per-row system
+   prompt (OpenRLHF's /get_reward has no system field, so its rows have none).
+2. In-process baseline: the same rows (with their systems) scored by ``EndogenousRewardModel.score_examples``
+   in this process (rows/s, and the reference every served reward is compared with).
+3. ``endorm serve`` is started as a subprocess on 127.0.0.1 and an ephemeral port, with an API key
+   (its stderr goes to ``<out>.server.log``, never to an undrained pipe).
+4. Bad requests (no key, wrong key, malformed JSON, missing field, bad row, too many rows, oversize body)
    are sent and their status codes checked (401/401/422/422/422/413/413).
-4. N clients send M requests each (half /score, half OpenRLHF /get_reward), with distinct rows; each answer
-   is compared with the in-process score of its own rows (|diff| <= 1e-4, else "mismatched").
+5. N clients send M requests each (alternating /score and OpenRLHF /get_reward); every returned reward is
+   compared with the in-process score of its own row (|diff| <= 1e-4, else "mismatched"); a row sent that
+   got no reward back is "lost". Latency p50/p95/p99/max; the server's peak RSS (VmHWM).
+6. Faults, each bounded in time and recorded with ``pass``: a client that closes the connection mid-body,
+   one that closes it while waiting for the answer, one whose request times out on the client side (after
+   each: the server is alive, /health's queued count returns to 0, and a probe request is answered
+   correctly), and SIGTERM while a burst of requests is in flight (each must finish with correct rewards
+   or fail cleanly with 503 or a connection error; the server must exit within ``--exit-bound-s``).
 
-Everything is bounded: request count, a per-request timeout and a global deadline (no new requests after
-it). Results are written to --out as JSON after each phase.
+Everything is bounded: request count, a per-request timeout, a global deadline (no new requests after
+it), a bounded wait for the server to come up and a time bound per fault phase. Results are written to
+--out as JSON after each phase.
 
-    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --clients 64 --requests 10 --out /tmp/serve_load.json
+    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --out runs/serve_load/load_64x50.json
 """
 
 from __future__ import annotations
@@ -21,7 +34,9 @@ import asyncio
 import json
 import os
 import platform
+import random
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -29,27 +44,48 @@ import time
 from pathlib import Path
 
 TOL = 1e-4
+SYSTEMS = [
+    "You are a careful math tutor. Check every step.",
+    "Answer briefly and precisely.",
+    "You are a helpful assistant who explains arithmetic to children.",
+    "Be honest: if you are unsure, say so.",
+    "Reply as a strict grader would.",
+]
+
+
+def _gsm8k() -> list[dict]:
+    from endorm.paths import shared_data_dir
+
+    path = shared_data_dir() / "gsm8k" / "test.jsonl"
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def _row(data: list[dict], k: int, full: bool) -> dict:
+    m = len(data)
+    q = data[k % m]["question"]
+    a = data[(k + (k // m) * 17) % m]["answer"]
+    if full:
+        return {"prompt": q, "response": a.split("####")[0].strip()}
+    first = q.split(". ")[0].rstrip(".?") + ("." if k < m else f" (variant {k // m}).")
+    return {"prompt": first, "response": f"The answer is {a.split('####')[-1].strip()}."}
 
 
 def gsm8k_rows(n: int, full: bool = False) -> list[dict]:
     """n distinct rows from GSM8K test (shared data). Short by default: the question's first sentence and
     "The answer is N." (the load test measures serving overhead, not long-context speed); ``full`` uses the
     whole question and worked solution. Pairs are unique by construction."""
-    from endorm.paths import shared_data_dir
+    data = _gsm8k()
+    return [_row(data, k, full) for k in range(n)]
 
-    path = shared_data_dir() / "gsm8k" / "test.jsonl"
-    data = [json.loads(line) for line in open(path, encoding="utf-8")]
-    m = len(data)
-    rows = []
-    for k in range(n):
-        q = data[k % m]["question"]
-        a = data[(k + (k // m) * 17) % m]["answer"]
-        if full:
-            rows.append({"prompt": q, "response": a.split("####")[0].strip()})
-        else:
-            first = q.split(". ")[0].rstrip(".?") + ("." if k < m else f" (variant {k // m}).")
-            rows.append({"prompt": first, "response": f"The answer is {a.split('####')[-1].strip()}."})
-    return rows
+
+def mixed_rows(n: int, long_share: float, seed: int) -> tuple[list[dict], list[bool]]:
+    """n distinct rows, a seeded ``long_share`` of them long (whole question + worked solution), spread at
+    random positions; the rest short. Returns (rows, is_long)."""
+    data = _gsm8k()
+    n_long = min(n, max(0, round(n * long_share)))
+    long_at = set(random.Random(seed).sample(range(n), n_long))
+    is_long = [k in long_at for k in range(n)]
+    return [_row(data, k, is_long[k]) for k in range(n)], is_long
 
 
 def free_port() -> int:
@@ -68,7 +104,22 @@ def percentile(xs: list[float], p: float) -> float:
 
 def save(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+def proc_memory_mb(pid: int) -> dict:
+    """VmRSS (now) and VmHWM (peak resident set since start) of a process, in MiB, from /proc (Linux)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(val.split()[0]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return {"rss_mb": out.get("VmRSS"), "peak_rss_mb": out.get("VmHWM")}
 
 
 async def bad_requests(url: str, key: str, max_rows: int) -> list[dict]:
@@ -96,30 +147,54 @@ async def bad_requests(url: str, key: str, max_rows: int) -> list[dict]:
     return out
 
 
-async def load(url: str, key: str, requests: list[list[int]], rows: list[dict], queries: list[str],
-               ref: list[float], clients: int, deadline: float, timeout: float) -> dict:
+class Traffic:
+    """What a request sends and how its answer is checked: /score rows (with their systems) or
+    /get_reward queries (rows without a system, rendered with the model's chat template)."""
+
+    def __init__(self, rows: list[dict], queries: list[str | None], ref: list[float]):
+        self.rows, self.queries, self.ref = rows, queries, ref
+
+    async def send(self, c, idx: list[int], get_reward: bool):
+        if get_reward:
+            return await c.post("/get_reward", json={"query": [self.queries[i] for i in idx]})
+        return await c.post("/score", json={"rows": [self.rows[i] for i in idx]})
+
+    def check(self, got: list, idx: list[int]) -> tuple[int, int, float]:
+        """(rows answered, rows mismatched, max |diff|) for one answer."""
+        n = bad = 0
+        worst = 0.0
+        for g, i in zip(got, idx, strict=False):
+            n += 1
+            d = abs(g - self.ref[i]) if isinstance(g, (int, float)) else float("inf")
+            worst = max(worst, d)
+            bad += d > TOL
+        return n, bad, worst
+
+
+async def load(url: str, key: str, requests: list[tuple[list[int], bool]], traffic: Traffic,
+               clients: int, deadline: float, timeout: float) -> dict:
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
-    mismatched = answered = not_sent = 0
+    c_ = {"answered": 0, "mismatched": 0, "not_sent": 0, "rows_sent": 0, "rows_answered": 0,
+          "rows_mismatched": 0, "rows_not_sent": 0}
+    worst = [0.0]
     queue = list(enumerate(requests))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits,
                                  headers={"Authorization": f"Bearer {key}"}) as c:
         async def client(cid: int) -> None:
-            nonlocal mismatched, answered, not_sent
             mine = queue[cid::clients]
-            for j, (rid, idx) in enumerate(mine):
+            for j, (_rid, (idx, get_reward)) in enumerate(mine):
                 if time.perf_counter() > deadline:
-                    not_sent += len(mine) - j
+                    c_["not_sent"] += len(mine) - j
+                    c_["rows_not_sent"] += sum(len(x[1][0]) for x in mine[j:])
                     return
+                c_["rows_sent"] += len(idx)
                 t0 = time.perf_counter()
                 try:
-                    if rid % 2:
-                        r = await c.post("/get_reward", json={"query": [queries[i] for i in idx]})
-                    else:
-                        r = await c.post("/score", json={"rows": [rows[i] for i in idx]})
+                    r = await traffic.send(c, idx, get_reward)
                 except Exception as e:  # noqa: BLE001 - counted, not raised
                     errors.append(f"{type(e).__name__}: {e}")
                     continue
@@ -128,34 +203,236 @@ async def load(url: str, key: str, requests: list[list[int]], rows: list[dict], 
                     errors.append(f"{r.status_code}: {r.text[:200]}")
                     continue
                 got = r.json()["rewards"]
-                answered += 1
-                if len(got) != len(idx) or any(abs(g - ref[i]) > TOL for g, i in zip(got, idx, strict=False)):
-                    mismatched += 1
+                c_["answered"] += 1
+                n, bad, w = traffic.check(got, idx)
+                c_["rows_answered"] += n
+                c_["rows_mismatched"] += bad
+                worst[0] = max(worst[0], w)
+                if len(got) != len(idx) or bad:
+                    c_["mismatched"] += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client(k) for k in range(clients)))
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "answered": answered, "errors": len(errors), "error_samples": errors[:5],
-            "mismatched": mismatched, "lost": len(requests) - answered - len(errors) - not_sent,
-            "not_sent_deadline": not_sent, "latency_p50_ms": 1000 * percentile(lat, 50),
+    return {"wall_s": wall, "answered": c_["answered"], "errors": len(errors), "error_samples": errors[:5],
+            "mismatched": c_["mismatched"], "lost": len(requests) - c_["answered"] - len(errors) - c_["not_sent"],
+            "not_sent_deadline": c_["not_sent"],
+            "rows_sent": c_["rows_sent"], "rows_answered": c_["rows_answered"],
+            "rows_mismatched": c_["rows_mismatched"], "rows_lost": c_["rows_sent"] - c_["rows_answered"],
+            "rows_not_sent_deadline": c_["rows_not_sent"], "max_abs_diff": worst[0],
+            "latency_p50_ms": 1000 * percentile(lat, 50), "latency_p95_ms": 1000 * percentile(lat, 95),
             "latency_p99_ms": 1000 * percentile(lat, 99), "latency_max_ms": 1000 * max(lat, default=0)}
 
+
+# ---- faults -------------------------------------------------------------------------------------------
+
+def _raw_request(port: int, key: str, path: str, payload: dict) -> tuple[bytes, bytes]:
+    body = json.dumps(payload).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    return head, body
+
+
+async def _disconnect(port: int, key: str, payload: dict, body_share: float, wait_s: float) -> dict:
+    """Send the headers and ``body_share`` of the body, wait ``wait_s``, close the connection. Says whether
+    an answer had already arrived (then the disconnect came too late to test anything)."""
+    head, body = _raw_request(port, key, "/score", payload)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body[: int(len(body) * body_share)])
+    await writer.drain()
+    await asyncio.sleep(wait_s)
+    try:
+        early = await asyncio.wait_for(reader.read(1), timeout=0.01)
+    except asyncio.TimeoutError:
+        early = b""
+    writer.transport.abort()  # no FIN handshake politeness: the client is simply gone
+    return {"body_bytes": len(body), "bytes_sent": int(len(body) * body_share), "waited_s": wait_s,
+            "answer_arrived_before_close": bool(early)}
+
+
+async def _healthy_after(c, server: subprocess.Popen, traffic: Traffic, probe: list[int], bound_s: float) -> dict:
+    """After a fault: /health's queued count returns to 0 (bounded), a probe /score is answered correctly,
+    the server process is alive."""
+    t0 = time.perf_counter()
+    queued = None
+    while time.perf_counter() - t0 < bound_s:
+        try:
+            queued = (await c.get("/health")).json()["queued"]
+        except Exception:  # noqa: BLE001 - retried until the bound
+            queued = None
+        if queued == 0:
+            break
+        await asyncio.sleep(0.2)
+    drained_s = time.perf_counter() - t0
+    probe_ok, probe_detail = False, None
+    try:
+        r = await asyncio.wait_for(traffic.send(c, probe, False), timeout=max(1.0, bound_s - drained_s))
+        if r.status_code == 200:
+            n, bad, w = traffic.check(r.json()["rewards"], probe)
+            probe_ok = n == len(probe) and bad == 0
+            probe_detail = {"rows": n, "mismatched": bad, "max_abs_diff": w}
+        else:
+            probe_detail = f"{r.status_code}: {r.text[:200]}"
+    except Exception as e:  # noqa: BLE001 - recorded
+        probe_detail = f"{type(e).__name__}: {e}"
+    try:
+        queued_after = (await c.get("/health")).json()["queued"]
+    except Exception:  # noqa: BLE001
+        queued_after = None
+    alive = server.poll() is None
+    return {"queued_drained": queued == 0, "drain_s": round(drained_s, 3), "probe_ok": probe_ok,
+            "probe": probe_detail, "queued_after_probe": queued_after, "server_alive": alive,
+            "pass": queued == 0 and probe_ok and queued_after == 0 and alive}
+
+
+async def fault_disconnect(url: str, port: int, key: str, server, traffic: Traffic, big: list[int],
+                           probe: list[int], body_share: float, wait_s: float, bound_s: float) -> dict:
+    import httpx
+
+    sent = await _disconnect(port, key, {"rows": [traffic.rows[i] for i in big]}, body_share, wait_s)
+    async with httpx.AsyncClient(base_url=url, timeout=bound_s, headers={"Authorization": f"Bearer {key}"}) as c:
+        return {**sent, **await _healthy_after(c, server, traffic, probe, bound_s)}
+
+
+async def fault_client_timeout(url: str, key: str, server, traffic: Traffic, big: list[int], probe: list[int],
+                               client_timeout_s: float, bound_s: float) -> dict:
+    import httpx
+
+    timed_out, outcome = False, None
+    async with httpx.AsyncClient(base_url=url, timeout=client_timeout_s,
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
+        try:
+            r = await traffic.send(c, big, False)
+            outcome = f"answered {r.status_code} within the client timeout"
+        except httpx.TimeoutException as e:
+            timed_out, outcome = True, type(e).__name__
+        except Exception as e:  # noqa: BLE001 - recorded
+            outcome = f"{type(e).__name__}: {e}"
+    async with httpx.AsyncClient(base_url=url, timeout=bound_s, headers={"Authorization": f"Bearer {key}"}) as c:
+        res = await _healthy_after(c, server, traffic, probe, bound_s)
+    return {"client_timeout_s": client_timeout_s, "rows": len(big), "timed_out": timed_out, "outcome": outcome, **res}
+
+
+async def fault_sigterm(url: str, key: str, server: subprocess.Popen, traffic: Traffic,
+                        burst: list[tuple[list[int], bool]], exit_bound_s: float, request_timeout_s: float) -> dict:
+    """A burst of concurrent requests; SIGTERM once the server is working on them; then a few late requests
+    on new connections. Every request must end as 200 with correct rewards, 503, or a connection error."""
+    import httpx
+
+    outcomes: list[str] = []
+    limits = httpx.Limits(max_connections=len(burst), max_keepalive_connections=len(burst))
+
+    def classify(r_or_e, idx) -> str:
+        if isinstance(r_or_e, httpx.TransportError):  # connect refused/reset, closed mid-answer, timeout
+            return "connection_error"
+        if isinstance(r_or_e, BaseException):
+            return f"other: {type(r_or_e).__name__}: {r_or_e}"
+        if r_or_e.status_code == 503:
+            return "503"
+        if r_or_e.status_code != 200:
+            return f"other: {r_or_e.status_code}: {r_or_e.text[:200]}"
+        n, bad, _ = traffic.check(r_or_e.json()["rewards"], idx)
+        return "ok" if n == len(idx) and bad == 0 else "WRONG"
+
+    async with httpx.AsyncClient(base_url=url, timeout=request_timeout_s, limits=limits,
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
+        base = (await c.get("/health")).json()
+
+        async def one(idx, get_reward):
+            try:
+                r = await traffic.send(c, idx, get_reward)
+            except Exception as e:  # noqa: BLE001 - classified
+                r = e
+            outcomes.append(classify(r, idx))
+
+        tasks = [asyncio.create_task(one(idx, g)) for idx, g in burst]
+        # SIGTERM once the server has the burst in hand: some of it queued or answered (bounded wait)
+        in_hand = None
+        async with httpx.AsyncClient(base_url=url, timeout=5) as probe:
+            t_wait = time.perf_counter()
+            while time.perf_counter() - t_wait < 20:
+                try:
+                    h = (await probe.get("/health")).json()
+                    if h["queued"] > 0 or h["requests"] > base["requests"]:
+                        in_hand = h
+                        break
+                except Exception:  # noqa: BLE001 - retried until the bound
+                    pass
+                await asyncio.sleep(0.01)
+        t_term = time.perf_counter()
+        server.send_signal(signal.SIGTERM)
+        exit_wait = asyncio.create_task(asyncio.to_thread(_wait_exit, server, exit_bound_s))
+        await asyncio.sleep(0.3)  # the listening socket is closed by now: late requests must fail cleanly
+        late: list[str] = []
+        async with httpx.AsyncClient(base_url=url, timeout=request_timeout_s,
+                                     headers={"Authorization": f"Bearer {key}"}) as c2:
+            for idx, g in burst[:4]:
+                try:
+                    r = await traffic.send(c2, idx, g)
+                except Exception as e:  # noqa: BLE001 - classified
+                    r = e
+                late.append(classify(r, idx))
+        done, pending = await asyncio.wait(tasks, timeout=exit_bound_s + request_timeout_s)
+        for t in pending:
+            t.cancel()
+        exit_code = await exit_wait
+        exit_s = time.perf_counter() - t_term
+    counts: dict[str, int] = {}
+    for o in outcomes + late:
+        key_ = o if not o.startswith("other") else "other"
+        counts[key_] = counts.get(key_, 0) + 1
+    hung = len(pending)
+    return {"burst_requests": len(burst), "burst_rows": sum(len(i) for i, _ in burst),
+            "health_when_signalled": in_hand, "finished_ok": outcomes.count("ok"),
+            "failed_503": outcomes.count("503"), "failed_connection": outcomes.count("connection_error"),
+            "wrong": outcomes.count("WRONG"), "other": [o for o in outcomes if o.startswith("other")][:5],
+            "client_hung": hung, "late_requests": late, "exit_code": exit_code,
+            "exit_s": round(exit_s, 3), "exit_bound_s": exit_bound_s,
+            "pass": (exit_code is not None and hung == 0 and outcomes.count("WRONG") == 0
+                     and not any(o.startswith("other") for o in outcomes + late) and "WRONG" not in late)}
+
+
+def _wait_exit(server: subprocess.Popen, bound_s: float) -> int | None:
+    try:
+        return server.wait(timeout=bound_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+# ---- main ---------------------------------------------------------------------------------------------
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--requests", type=int, default=50, help="requests per client")
     ap.add_argument("--rows-per-request", type=int, default=1)
-    ap.add_argument("--full-rows", action="store_true", help="whole GSM8K questions and solutions (long rows)")
+    ap.add_argument("--long-share", type=float, default=0.1,
+                    help="share of rows that are a whole GSM8K question and worked solution (the rest short)")
+    ap.add_argument("--full-rows", action="store_true", help="every row long (same as --long-share 1)")
+    ap.add_argument("--system-every", type=int, default=5,
+                    help="every N-th /score request carries a per-row system prompt (0: none)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct (from the endorm cache)")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--max-batch-rows", type=int, default=64)
-    ap.add_argument("--deadline-s", type=float, default=900, help="no new requests after this long")
+    ap.add_argument("--deadline-s", type=float, default=1800, help="no new load requests after this long")
     ap.add_argument("--timeout-s", type=float, default=300, help="per-request timeout")
+    ap.add_argument("--no-faults", action="store_true", help="skip the fault phases")
+    ap.add_argument("--fault-rows", type=int, default=32,
+                    help="rows in the big request of the fault phases (the longest rows of the set)")
+    ap.add_argument("--fault-bound-s", type=float, default=120, help="time bound of each fault phase's checks")
+    ap.add_argument("--client-timeout-s", type=float, default=0.05, help="client timeout of the timeout fault")
+    ap.add_argument("--shutdown-burst", type=int, default=32, help="concurrent requests in flight at SIGTERM")
+    ap.add_argument("--graceful-timeout-s", type=float, default=20,
+                    help="the server's --graceful-timeout-s (in-flight work allowed after SIGTERM)")
+    ap.add_argument("--exit-bound-s", type=float, default=30, help="the server must exit this soon after SIGTERM")
     ap.add_argument("--out", default="/tmp/serve_load.json")
     args = ap.parse_args()
     out = Path(args.out)
+    log_path = out.with_name(out.stem + ".server.log")
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+    long_share = 1.0 if args.full_rows else args.long_share
+    t_start = time.perf_counter()
 
     import torch
 
@@ -164,50 +441,83 @@ def main() -> int:
 
     if threads:
         torch.set_num_threads(threads)
+    rng = random.Random(args.seed)
     n_req = args.clients * args.requests
-    rows = gsm8k_rows(n_req * args.rows_per_request, args.full_rows)
-    requests = [list(range(k * args.rows_per_request, (k + 1) * args.rows_per_request)) for k in range(n_req)]
+    rpr = args.rows_per_request
+    rows, is_long = mixed_rows(n_req * rpr, long_share, args.seed)
+    requests: list[tuple[list[int], bool]] = []  # (row indices, via /get_reward)
+    n_system = 0
+    for k in range(n_req):
+        idx, get_reward = list(range(k * rpr, (k + 1) * rpr)), bool(k % 2)
+        if not get_reward and args.system_every and (k // 2) % args.system_every == 0:
+            n_system += 1
+            for i in idx:
+                rows[i]["system"] = rng.choice(SYSTEMS)
+        requests.append((idx, get_reward))
+    keys = {(r.get("system"), r["prompt"], r["response"]) for r in rows}
+    if len(keys) != len(rows):
+        raise RuntimeError(f"rows are not distinct: {len(rows) - len(keys)} repeats")
     result: dict = {"command": " ".join([sys.executable.split("/")[-1]] + sys.argv), "started_utc":
                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "machine": {
                         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                        "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+                        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                        "torch": torch.__version__},
                     "clients": args.clients, "requests_per_client": args.requests,
-                    "rows_per_request": args.rows_per_request, "rows": len(rows),
-                    "full_rows": args.full_rows, "load_average_at_start": os.getloadavg()}
+                    "rows_per_request": rpr, "rows": len(rows), "distinct_rows": len(keys),
+                    "full_rows": args.full_rows, "long_share": long_share, "rows_long": sum(is_long),
+                    "requests_score": sum(not g for _, g in requests),
+                    "requests_get_reward": sum(g for _, g in requests),
+                    "requests_with_system": n_system, "rows_with_system": sum("system" in r for r in rows),
+                    "seed": args.seed, "load_average_at_start": os.getloadavg()}
 
     # 1. in-process baseline and reference scores
     rm = EndogenousRewardModel.from_pretrained(args.model)
-    queries = [rm.tokenizer.apply_chat_template(
-        [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}], tokenize=False)
-        for r in rows]
-    tokens = sum(len(rm.encode(row_to_example(r)).input_ids) for r in rows)
+    queries: list[str | None] = [None] * len(rows)
+    for idx, g in requests:
+        for i in idx:
+            if g:
+                queries[i] = rm.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": rows[i]["prompt"]},
+                     {"role": "assistant", "content": rows[i]["response"]}], tokenize=False)
+    examples = [row_to_example(r, where=i) for i, r in enumerate(rows)]
+    lengths = [len(rm.encode(e).input_ids) for e in examples]
     t0 = time.perf_counter()
-    ref = rm.score_examples([row_to_example(r, where=i) for i, r in enumerate(rows)])
+    ref = rm.score_examples(examples)
     base_s = time.perf_counter() - t0
-    result["in_process"] = {"wall_s": base_s, "rows_per_s": len(rows) / base_s, "tokens": tokens,
+    result["in_process"] = {"wall_s": base_s, "rows_per_s": len(rows) / base_s, "tokens": sum(lengths),
+                            "tokens_short_mean": sum(n for n, lg in zip(lengths, is_long, strict=True) if not lg)
+                            / max(1, len(rows) - sum(is_long)),
+                            "tokens_long_mean": sum(n for n, lg in zip(lengths, is_long, strict=True) if lg)
+                            / max(1, sum(is_long)),
                             "batch_size": rm.config.batch_size}
-    print(f"in-process: {len(rows)} rows ({tokens} tokens) in {base_s:.1f}s = {len(rows) / base_s:.1f} rows/s",
+    print(f"in-process: {len(rows)} rows ({sum(lengths)} tokens, {sum(is_long)} long, "
+          f"{result['rows_with_system']} with a system) in {base_s:.1f}s = {len(rows) / base_s:.1f} rows/s",
           flush=True)
     save(out, result)
     del rm
+    traffic = Traffic(rows, queries, ref)
 
     # 2. the server
     port, key = free_port(), secrets.token_hex(16)
     env = {**os.environ, "ENDORM_API_KEY": key}
     cmd = [sys.executable, "-m", "endorm", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-rows", "256", "--max-body-mb", "1", "--max-wait-ms", str(args.max_wait_ms),
-           "--max-batch-rows", str(args.max_batch_rows), "--log-level", "warning"]
+           "--max-batch-rows", str(args.max_batch_rows), "--graceful-timeout-s", str(args.graceful_timeout_s),
+           "--log-level", "warning"]
     if args.model:
         cmd += ["--model", args.model]
     result["server_command"] = " ".join(cmd[1:])
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    result["server_log"] = str(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "wb")  # a file, not a pipe: a chatty server can never block on a full pipe
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
 
         for _ in range(240):  # bounded wait for the model to load
             if server.poll() is not None:
-                raise RuntimeError(f"server exited: {server.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
@@ -216,6 +526,7 @@ def main() -> int:
             time.sleep(0.5)
         else:
             raise RuntimeError("server did not come up within 120 s")
+        result["server_memory_after_start"] = proc_memory_mb(server.pid)
 
         # 3. bad requests
         result["bad_requests"] = asyncio.run(bad_requests(url, key, 256))
@@ -225,22 +536,89 @@ def main() -> int:
 
         # 4. the load
         deadline = time.perf_counter() + args.deadline_s
-        res = asyncio.run(load(url, key, requests, rows, queries, ref, args.clients, deadline, args.timeout_s))
-        served_rows = res["answered"] * args.rows_per_request
+        res = asyncio.run(load(url, key, requests, traffic, args.clients, deadline, args.timeout_s))
+        served_rows = res["rows_answered"]
         res["rows_per_s"] = served_rows / res["wall_s"]
         res["ratio_to_in_process"] = res["rows_per_s"] / result["in_process"]["rows_per_s"]
         res["health"] = httpx.get(url + "/health", timeout=10).json()
+        res.update({f"server_{k}": v for k, v in proc_memory_mb(server.pid).items()})
         result["served"] = res
         result["load_average_at_end"] = os.getloadavg()
-        result["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         save(out, result)
         print(json.dumps(res, indent=2), flush=True)
+
+        # 5. faults
+        if not args.no_faults:
+            frng = random.Random(args.seed + 1)
+            longest = sorted(range(len(rows)), key=lambda i: -lengths[i])
+            big = longest[: args.fault_rows]
+            probe = [i for i in range(len(rows)) if "system" in rows[i]][:1] + [i for i in range(len(rows))
+                                                                                 if not is_long[i]][:2]
+            b = args.fault_bound_s
+            faults: dict = {}
+            result["faults"] = faults
+            phases = [
+                ("disconnect_mid_body", lambda: fault_disconnect(url, port, key, server, traffic, big, probe,
+                                                                 0.5, 0.3, b)),
+                ("disconnect_waiting_for_answer", lambda: fault_disconnect(url, port, key, server, traffic, big,
+                                                                           probe, 1.0, 0.3, b)),
+                ("client_timeout", lambda: fault_client_timeout(url, key, server, traffic, big, probe,
+                                                                args.client_timeout_s, b)),
+            ]
+            for name, phase in phases:
+                t0 = time.perf_counter()
+                try:
+                    faults[name] = asyncio.run(asyncio.wait_for(phase(), timeout=3 * b))
+                except Exception as e:  # noqa: BLE001 - recorded as a failed phase
+                    faults[name] = {"pass": False, "error": f"{type(e).__name__}: {e}"}
+                faults[name]["wall_s"] = round(time.perf_counter() - t0, 3)
+                print(f"fault {name}: {'pass' if faults[name]['pass'] else 'FAIL'}", flush=True)
+                save(out, result)
+            result["server_memory_before_sigterm"] = proc_memory_mb(server.pid)
+            burst = [([i], bool(k % 2) and queries[i] is not None)
+                     for k, i in enumerate(frng.sample(range(len(rows)), min(args.shutdown_burst, len(rows))))]
+            t0 = time.perf_counter()
+            try:
+                faults["sigterm_under_load"] = asyncio.run(asyncio.wait_for(
+                    fault_sigterm(url, key, server, traffic, burst, args.exit_bound_s, args.timeout_s),
+                    timeout=args.exit_bound_s + args.timeout_s + 60))
+            except Exception as e:  # noqa: BLE001 - recorded as a failed phase
+                faults["sigterm_under_load"] = {"pass": False, "error": f"{type(e).__name__}: {e}"}
+            faults["sigterm_under_load"]["wall_s"] = round(time.perf_counter() - t0, 3)
+            print(f"fault sigterm_under_load: {'pass' if faults['sigterm_under_load']['pass'] else 'FAIL'}",
+                  flush=True)
+            save(out, result)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if server.poll() is None:
+            result.setdefault("server_memory_at_end", proc_memory_mb(server.pid))
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=30)
+        log_file.close()
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        result["server_log_tracebacks"] = log.count("Traceback")
+        s = result.get("served", {})
+        peaks = [m.get("peak_rss_mb") for m in (result.get("server_memory_after_start", {}), s and {
+            "peak_rss_mb": s.get("server_peak_rss_mb")}, result.get("server_memory_before_sigterm", {}),
+            result.get("server_memory_at_end", {})) if m and m.get("peak_rss_mb") is not None]
+        result["server_peak_rss_mb"] = max(peaks, default=None)
+        f = result.get("faults", {})
+        result["targets"] = {
+            "errors_0": s.get("errors") == 0, "rows_mismatched_0": s.get("rows_mismatched") == 0,
+            "rows_lost_0": s.get("rows_lost") == 0 and s.get("rows_not_sent_deadline") == 0,
+            "ratio_at_least_0.8": (s.get("ratio_to_in_process") or 0) >= 0.8,
+            "bad_requests_as_expected": (all(b["ok"] for b in result["bad_requests"])
+                                         if "bad_requests" in result else None),
+            **{f"fault_{k}": v.get("pass") for k, v in f.items()},
+        }
+        result["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        result["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+        save(out, result)
+        print(json.dumps({"targets": result["targets"], "server_peak_rss_mb": result["server_peak_rss_mb"],
+                          "total_wall_s": result["total_wall_s"]}, indent=2), flush=True)
     return 0
 
 

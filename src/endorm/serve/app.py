@@ -12,11 +12,13 @@ Endpoints
 Every row is validated and tokenised in the request handler, so bad input is answered with 422 naming
 the row and field before any model work; only valid rows reach the shared ``DynamicBatcher``. Request
 bodies are read with a byte cap (413), the number of rows is capped (413), and with an API key set every
-scoring endpoint needs ``Authorization: Bearer <key>`` (401).
+scoring endpoint needs ``Authorization: Bearer <key>`` (401). A request still waiting for the model when
+the server shuts down is answered 503 (``ShuttingDown``), never left hanging.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -26,12 +28,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from endorm.chat import Encoded, RowError
 from endorm.io import row_to_example
 from endorm.reward_model import EndogenousRewardModel
 from endorm.scoring import TokenStats
-from endorm.serve.batcher import DynamicBatcher
+from endorm.serve.batcher import DynamicBatcher, ShuttingDown
 from endorm.serve.openrlhf import QuerySplitter
 
 log = logging.getLogger(__name__)
@@ -103,10 +106,13 @@ def create_app(
         if declared and declared.isdigit() and int(declared) > max_body:
             raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {max_body} bytes")
         body = bytearray()
-        async for chunk in request.stream():  # counted as it arrives: a lying or absent length cannot bypass it
-            body += chunk
-            if len(body) > max_body:
-                raise HTTPError(413, f"request body exceeds the limit of {max_body} bytes")
+        try:
+            async for chunk in request.stream():  # counted as it arrives: a lying or absent length cannot bypass it
+                body += chunk
+                if len(body) > max_body:
+                    raise HTTPError(413, f"request body exceeds the limit of {max_body} bytes")
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing to log as a server error
+            raise HTTPError(400, "the client disconnected before sending the whole body") from None
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -130,6 +136,13 @@ def create_app(
     async def score_encoded(encoded: list[Encoded]) -> list[TokenStats]:
         try:
             return await batcher.submit(encoded)
+        except ShuttingDown as e:
+            raise HTTPError(503, f"{e}; retry later", {"Retry-After": "1"}) from None
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --graceful-timeout-s runs out at shutdown;
+            # uncaught, Starlette would answer them 500 with a traceback. Answer 503 instead.
+            raise HTTPError(503, "the server is shutting down (graceful timeout exceeded); retry later",
+                            {"Retry-After": "1"}) from None
         except Exception as e:  # noqa: BLE001 - a model failure is the server's fault: 500 with the reason
             log.exception("scoring failed")
             raise HTTPError(500, f"scoring failed: {type(e).__name__}: {e}") from None

@@ -8,6 +8,9 @@ the next batch, so under load batches grow without any waiting.
 
 A request is never lost: each one carries its own future, which always gets a result or an error. If a
 batch fails as a whole, each request in it is retried alone, so one bad request cannot fail the others.
+When the worker stops for any reason (``close()`` at shutdown, or an unexpected error), every request
+still queued, carried over or running is failed with ``ShuttingDown`` (the server answers 503), so no
+caller waits forever.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped before this request was answered (the server is shutting down)."""
 
 
 @dataclass
@@ -92,15 +99,19 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self._fail_pending(ShuttingDown("the server is shutting down"))
+        self._task = None
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Nothing queued, carried over or running is left unanswered."""
         left = list(self._inflight) + ([self._carry] if self._carry is not None else [])
-        if self._queue is not None:  # nothing queued or running is left unanswered
+        if self._queue is not None:
             while not self._queue.empty():
                 left.append(self._queue.get_nowait())
         for p in left:
             if not p.future.done():
-                p.future.set_exception(RuntimeError("the server is shutting down"))
+                p.future.set_exception(error)
         self._carry, self._inflight = None, []
-        self._task = None
 
     async def _gather(self) -> list[_Pending]:
         """The next batch: the carried-over request or the next queued one, plus whatever arrives in time."""
@@ -110,6 +121,7 @@ class DynamicBatcher:
         else:
             first = await self._queue.get()
         batch, n = [first], len(first.items)
+        self._inflight = batch  # from now on the batch is the worker's: close() must see it, even mid-gather
         deadline = first.enqueued + self.max_wait  # a request waits at most max_wait for company
         while n < self.max_batch_items:
             if self._queue.empty():
@@ -132,15 +144,23 @@ class DynamicBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         self._carry = None
-        while True:
-            await self._run_batch(loop, await self._gather())
+        try:
+            while True:
+                await self._run_batch(loop, await self._gather())
+                self._inflight = []  # answered (or failed) by _run_batch
+        except asyncio.CancelledError:
+            self._fail_pending(ShuttingDown("the server is shutting down"))
+            raise
+        except BaseException as e:  # the worker died: fail its requests; the next submit starts a new one
+            log.exception("the batching worker stopped")
+            self._fail_pending(ShuttingDown(f"the batching worker stopped: {type(e).__name__}: {e}"))
+            raise
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # a client that went away was cancelled
         if not live:
             return
         flat = [it for p in live for it in p.items]
-        self._inflight = live
         try:
             results = await loop.run_in_executor(self._executor, self._checked, flat)
         except Exception as e:  # noqa: BLE001 - retried per request below

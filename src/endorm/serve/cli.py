@@ -29,6 +29,10 @@ class Config(ServeSettings, RewardConfig):
     host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (default loopback only)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0: any free port)"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
+    graceful_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "on SIGTERM/Ctrl-C, wait at most this long for in-flight requests, then close them"},
+    )
 
 
 def build(cfg: Config):
@@ -47,11 +51,15 @@ def build(cfg: Config):
 def run(cfg: Config) -> int:
     import uvicorn
 
-    if cfg.max_rows < 1 or cfg.max_batch_rows < 1 or cfg.max_body_mb <= 0:
-        raise ValueError("--max-rows, --max-batch-rows and --max-body-mb must be positive")
+    if cfg.max_rows < 1 or cfg.max_batch_rows < 1 or cfg.max_body_mb <= 0 or cfg.graceful_timeout_s <= 0:
+        raise ValueError("--max-rows, --max-batch-rows, --max-body-mb and --graceful-timeout-s must be positive")
     app, settings = build(cfg)
     if cfg.host not in LOOPBACK and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model",
                     cfg.host)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, workers=1)
+    # uvicorn's graceful shutdown: stop accepting, let in-flight requests finish (the batcher keeps running),
+    # cancel what is left after graceful_timeout_s (its clients see the connection close), then the
+    # lifespan closes the batcher, which fails anything still pending with 503. Nothing waits forever.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, workers=1,
+                timeout_graceful_shutdown=cfg.graceful_timeout_s)
     return 0
