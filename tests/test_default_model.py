@@ -59,3 +59,16 @@ def test_default_model_is_cached_verified(default_rm):
     spec = get_spec(DEFAULT_MODEL)
     assert (dequantised_dir(spec) / "model.safetensors").is_file()
     assert sha256_file(gguf_path(spec)) == spec.sha256
+
+
+def test_expected_default_form(default_rm):
+    """endorm's default form (discounted, gamma = 0.93, chosen by docs/RESULTS.md's pre-registered rule)."""
+    c = default_rm.config
+    assert (c.aggregation, c.gamma, c.contrast) == ("discounted", 0.93, "none")
+    got = default_rm.score([P, P, "What is 12 + 30?", "What is 12 + 30?"],
+                           ["The capital of France is Paris.", "The capital of France is Berlin.",
+                            "12 + 30 = 42.", "12 + 30 = 52."])
+    assert got == pytest.approx([16.8275, 10.2072, 14.0771, 10.4144], abs=TOL)
+    tr = default_rm.token_rewards(P, "Paris.")
+    assert tr.rewards == pytest.approx([-2.1202, 2.8542, 11.1042], abs=TOL)  # the token rewards do not change
+    assert tr.total == pytest.approx(10.1382, abs=TOL)  # -2.1202 + 0.93 * 2.8542 + 0.93**2 * 11.1042

@@ -114,7 +114,7 @@ def primary_variant(cfg: Config):
     from endorm.eval.variants import Variant
 
     aggs = parse_list(cfg.aggregation)
-    agg = "sum" if aggs == ["all"] else aggs[0]
+    agg = RewardConfig.aggregation if aggs == ["all"] else aggs[0]
     cons = parse_list(cfg.contrast)
     return Variant(agg, parse_list(cfg.gamma, float)[0], "none" if cons == ["all"] else cons[0])
 

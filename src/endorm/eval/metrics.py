@@ -30,6 +30,11 @@ def margin(score_win: float, score_lose: float) -> float:
     return float(score_win) - float(score_lose)
 
 
+def nan_none(m: float | None) -> float:
+    """A stored margin (None for NaN in JSON) as a float."""
+    return float("nan") if m is None else float(m)
+
+
 def accuracy(margins: Sequence[float]) -> float:
     if not margins:
         return float("nan")

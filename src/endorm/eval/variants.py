@@ -185,11 +185,30 @@ def dsp_lift(recs: Sequence[dict]) -> tuple[float, float, int]:
     return M.mean(lifts), M.standard_error(lifts), len(lifts)
 
 
+def paired_difference(recs: Sequence[dict], ref: Sequence[dict]) -> tuple[float, float, int]:
+    """Accuracy of ``recs`` minus that of ``ref`` on the same items (points): the mean over domains of each
+    domain's mean per-item difference, and its standard error (domains combined as in ``summarize``)."""
+    acc = lambda r: M.accuracy([M.nan_none(m) for _, _, m in r["margins"]])  # noqa: E731
+    base = {r["id"]: acc(r) for r in ref}
+    by_dom: dict[str, list[float]] = defaultdict(list)
+    for r in recs:
+        if r["id"] in base:
+            by_dom[r["domain"]].append(100 * (acc(r) - base[r["id"]]))
+    if not by_dom:
+        return float("nan"), float("nan"), 0
+    means = [M.mean(v) for v in by_dom.values()]
+    ses = [M.standard_error(v) for v in by_dom.values()]
+    return (sum(means) / len(means), math.sqrt(sum(x * x for x in ses)) / len(ses),
+            sum(len(v) for v in by_dom.values()))
+
+
 def summarize_variants(by_variant: dict[Variant, list[dict]]) -> dict[str, Any]:
-    """Per variant and split (dev / test / all): the benchmark's summary, shorter-wins share, DSP lift."""
+    """Per variant and split (dev / test / all): the benchmark's summary, shorter-wins share, DSP lift, and
+    the paired difference from the first variant (the paper's sum when it is listed)."""
     from endorm.eval.report import summarize
 
     out: dict[str, Any] = {}
+    ref_var = next(iter(by_variant), None)
     for var, recs in by_variant.items():
         res: dict[str, Any] = {}
         for split in ("dev", "test", "all"):
@@ -201,6 +220,10 @@ def summarize_variants(by_variant: dict[Variant, list[dict]]) -> dict[str, Any]:
             s["shorter_wins"], s["n_decided_unequal_length"] = sw, n_decided
             if part[0]["benchmark"] == "dsp":
                 s["diagonal_lift"], s["diagonal_lift_se"], s["n_queries_all_systems"] = dsp_lift(part)
+            if part[0]["benchmark"] == "rm-bench" and ref_var is not None:
+                ref = [r for r in by_variant[ref_var] if split == "all" or split_of(r["id"]) == split]
+                d, se, _ = paired_difference(part, ref)
+                s["paired_vs"], s["paired_diff"], s["paired_diff_se"] = ref_var.name, d, se
             res[split] = s
         out[var.name] = res
     return out
@@ -235,9 +258,11 @@ def markdown(summary: dict[str, Any], benchmark: str, chosen: str | None = None)
     """One row per variant: dev headline, then test (and all) figures, shorter-wins share."""
     lines = []
     if benchmark == "rm-bench":
+        ref = next(iter(summary.values()), {}).get("test", {}).get("paired_vs", "the first")
         lines.append("| variant | dev avg | test: chat | code | safety | easy | normal | hard | avg ± s.e. "
-                     "| shorter wins % (test) | all: avg ± s.e. | shorter wins % (all) | n dev / test |")
-        lines.append("|" + "---|" * 13)
+                     f"| test minus {ref}, paired ± s.e. | shorter wins % (test) | all: avg ± s.e. "
+                     "| shorter wins % (all) | n dev / test |")
+        lines.append("|" + "---|" * 14)
         for name, res in summary.items():
             dev, test, al = res.get("dev"), res.get("test"), res.get("all")
             mark = f"**{name}** (chosen)" if name == chosen else name
@@ -248,7 +273,8 @@ def markdown(summary: dict[str, Any], benchmark: str, chosen: str | None = None)
             o = test["overall"]
             lines.append(f"| {mark} | {_f(dev['overall']['avg'])} | " + " | ".join(cells) + " | "
                          + " | ".join(_f(o[k]) for k in ("easy", "normal", "hard"))
-                         + f" | {_f(o['avg'])} ± {_f(o['se'])} | {_f(test['shorter_wins'])} | "
+                         + f" | {_f(o['avg'])} ± {_f(o['se'])} | {_f(test.get('paired_diff'))} ± "
+                         f"{_f(test.get('paired_diff_se'))} | {_f(test['shorter_wins'])} | "
                          f"{_f(al['overall']['avg'])} ± {_f(al['overall']['se'])} | {_f(al['shorter_wins'])} | "
                          f"{dev['n']} / {test['n']} |")
     elif benchmark == "dsp":

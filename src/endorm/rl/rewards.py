@@ -1,9 +1,11 @@
 """Rewards for GRPO in TRL's ``reward_funcs`` form: the endogenous reward and the baselines it is compared with.
 
-- ``endogenous``: the frozen base model's endogenous reward R = alpha*log pi(y|x) + V(s_1) (paper, gamma=1).
-  Within one GRPO group the prompt and so V(s_1) are shared, so after group normalisation the signal is the
-  base model's sequence log-likelihood of the completion: it favours completions the base model finds likely,
-  and short ones (fewer negative log-probabilities summed).
+- ``endogenous``: the frozen base model's endogenous reward under RewardConfig's form (default discounted,
+  gamma = 0.93; the paper's formula as written, R = alpha*log pi(y|x) + V(s_1), with aggregation sum).
+  Under sum, within one GRPO group the prompt and so V(s_1) are shared, so after group normalisation the
+  signal is the base model's sequence log-likelihood of the completion: it favours completions the base
+  model finds likely, and short ones (fewer negative log-probabilities summed); the discount weighs late
+  tokens less, which takes most of that length preference away (docs/RESULTS.md).
 - ``mean_logprob``: mean token log pi_base(a_t|s_t) (self-certainty style, length-normalised).
 - ``neg_entropy``: minus the mean token entropy of pi_base(.|s_t) over the completion (entropy-minimisation style).
 - ``majority``: 1 when the completion's extracted answer equals the most common answer of its group (test-time
