@@ -1,7 +1,7 @@
 """Crash and resume, for real: `endorm score`, `endorm eval` and `endorm train` killed with SIGKILL mid-run.
 
-Each run is started as a subprocess (its own process group), killed with SIGKILL at a random point once its
-output holds at least one finished row (a seeded random delay after that), and then resumed with ``--resume``
+Each run is started as a subprocess (its own process group), killed with SIGKILL at a seeded random point
+(after a random number of finished rows, at least one, plus a random delay), and then resumed with ``--resume``
 until it finishes (``--kills`` kills per run, each followed by a resume that may itself be killed). The final
 output is compared with an uninterrupted run of the same command:
 
@@ -123,14 +123,19 @@ class Outcome:
         return not (self.lost or self.duplicated or self.out_of_order or self.problems)
 
 
-def _kill_resume(cmd: list[str], resume_flag: list[str], progress: Callable[[], int], rng: random.Random,
-                 kills: int, max_delay: float, log: Path, out: Outcome, ready_at: int = 1) -> None:
-    """Run ``cmd``, killed up to ``kills`` times (each resume can be killed again), then resume to the end."""
+def _kill_resume(cmd: list[str], resume_flag: list[str], progress: Callable[[], int], total: int,
+                 rng: random.Random, kills: int, max_delay: float, log: Path, out: Outcome) -> None:
+    """Run ``cmd``, killed up to ``kills`` times (each resume can be killed again), then resume to the end.
+
+    Each kill comes a random 0..max_delay s after a random number of new finished rows (1 to 80% of the
+    rows still to do) has appeared: anywhere in the run, never before its first row.
+    """
     first = True
     for _ in range(kills):
         start = progress()
+        ready_at = start + rng.randint(1, max(1, int(0.8 * (total - start))))
         c = cmd if first else cmd + resume_flag
-        killed = run_and_kill(c, lambda s=start: progress() >= s + ready_at, rng.uniform(0, max_delay), log)
+        killed = run_and_kill(c, lambda r=ready_at: progress() >= r, rng.uniform(0, max_delay), log)
         first = False
         if not killed:
             return
@@ -167,7 +172,7 @@ def score_case(work: Path, model: str, rows: list[dict[str, Any]], seed: int, ki
     target = work / f"out-{seed}.jsonl"
     target.unlink(missing_ok=True)
     _kill_resume(endorm_cmd(*base, "--output", str(target)), ["--resume"], lambda: complete_lines(target),
-                 random.Random(seed), kills, max_delay, work / f"run-{seed}.log", out)
+                 len(rows), random.Random(seed), kills, max_delay, work / f"run-{seed}.log", out)
     got, want = read_jsonl(target), read_jsonl(ref)
     ids = [r["id"] for r in got]
     out.lost = len({r["id"] for r in want} - set(ids))
@@ -214,10 +219,11 @@ def eval_case(work: Path, model: str, items: list[dict[str, Any]], seed: int, ki
     target = work / f"out-{seed}"
     shutil.rmtree(target, ignore_errors=True)
     recs_path = target / "examples.jsonl"
-    _kill_resume(endorm_cmd(*base, "--output-dir", str(target)), ["--resume"], lambda: complete_lines(recs_path),
-                 random.Random(seed), kills, max_delay, work / f"run-{seed}.log", out)
-    got, want = read_jsonl(recs_path), read_jsonl(ref / "examples.jsonl")
+    want = read_jsonl(ref / "examples.jsonl")
     out.expected = len(want)
+    _kill_resume(endorm_cmd(*base, "--output-dir", str(target)), ["--resume"], lambda: complete_lines(recs_path),
+                 len(want), random.Random(seed), kills, max_delay, work / f"run-{seed}.log", out)
+    got = read_jsonl(recs_path)
     keys = [r["key"] for r in got]
     out.lost = len({r["key"] for r in want} - set(keys))
     out.duplicated = len(keys) - len(set(keys))
@@ -267,7 +273,7 @@ def train_case(work: Path, model: str, seed: int, max_steps: int = 30, save_step
     target = work / f"out-{seed}"
     shutil.rmtree(target, ignore_errors=True)
     _kill_resume(endorm_cmd(*base, "--output-dir", str(target)), ["--resume", "true"],
-                 lambda: len(curve_rows(target / "curves.csv")), random.Random(seed), kills, max_delay,
+                 lambda: len(curve_rows(target / "curves.csv")), max_steps, random.Random(seed), kills, max_delay,
                  work / f"run-{seed}.log", out)
     rows = curve_rows(target / "curves.csv")
     steps = [int(r["step"]) for r in rows]
@@ -317,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="local model directory (default: the tiny random model)")
     ap.add_argument("--commands", default="score,eval,train")
     ap.add_argument("--train-steps", type=int, default=40)
-    ap.add_argument("--max-delay", type=float, default=1.0, help="kill within this many s of the first new row")
+    ap.add_argument("--max-delay", type=float, default=0.2,
+                    help="kill within this many s of the random row count that triggers it")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one, removed after)")
     ap.add_argument("--out", default=None, help="write the outcomes as JSON here")
     a = ap.parse_args(argv)
