@@ -15,7 +15,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/eval}
 export OMP_NUM_THREADS=1
-E="endorm eval --threads 1 --seed 0 --items-per-batch 1 --resume"
+E="endorm eval --threads 1 --seed 0 --items-per-batch 1 --resume --aggregation sum --gamma 1"  # the paper's formula, as measured then
 case "${1:-}" in
   rm-endorm)  $E --benchmark rm-bench --method endorm,logprob-mean --limit "${LIMIT:-441}" --output-dir "$OUT/rm-endorm" ;;
   dsp-endorm) $E --benchmark dsp --method endorm,logprob-mean --limit "${LIMIT:-100}" --output-dir "$OUT/dsp-endorm" ;;

@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--domains", default="chat,code,safety")
     ap.add_argument("--limits", default="2,4,6,8,10", help="growing n (per RM-Bench domain / DSP queries)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--aggregations", default="sum,mean,logprob", help="endorm variants sharing one forward pass")
+    ap.add_argument("--aggregations", default="sum,mean,logprob",
+                    help="endorm variants sharing one forward pass (AGG or AGG@GAMMA; gamma 1 when not given)")
     ap.add_argument("--methods", default="logprob-mean,genrm-pointwise,verifier,genrm-pairwise",
                     help="other endorm.eval methods (judges and baselines) on the same model")
     ap.add_argument("--out-dir", default=None)
@@ -66,6 +67,7 @@ def main() -> None:
     from endorm.eval.harness import evaluate
     from endorm.eval.methods import EndoRMMethod, StatsMemo, build_method
     from endorm.eval.prompts import DSP_DOMAINS
+    from endorm.eval.variants import Variant
     from endorm.io import JsonlWriter, read_jsonl
     from endorm.reward_model import EndogenousRewardModel
 
@@ -89,7 +91,8 @@ def main() -> None:
     memo = StatsMemo()
     methods = []
     for agg in args.aggregations.split(","):
-        m = EndoRMMethod(rm.with_config(aggregation=agg), memo)
+        v = Variant.parse(agg)  # 'sum', 'logprob' (gamma 1, as measured), 'discounted@0.93', ...
+        m = EndoRMMethod(rm.with_config(aggregation=v.aggregation, gamma=v.gamma), memo)
         m.name = "endorm" if agg == "sum" else f"endorm-{agg}"
         methods.append(m)
     methods += [build_method(name, rm, memo) for name in args.methods.split(",") if name]

@@ -99,8 +99,8 @@ def test_every_method_on_tiny_model(tiny, tiny_rm):
     assert all(0 <= s <= 1 for s in ms["verifier"].score(ex))
     # endorm is the core's outcome reward; dpo-implicit is beta * log-ratio
     assert ms["endorm"].score(ex) == pytest.approx(tiny_rm.score_examples(ex))
-    pol = tiny_rm.with_config(aggregation="logprob").score_examples(ex)
-    ref = ref_rm.with_config(aggregation="logprob").score_examples(ex)
+    pol = tiny_rm.with_config(aggregation="logprob", gamma=1.0).score_examples(ex)
+    ref = ref_rm.with_config(aggregation="logprob", gamma=1.0).score_examples(ex)
     assert ms["dpo-implicit"].score(ex) == pytest.approx([0.1 * (a - b) for a, b in zip(pol, ref, strict=True)], rel=1e-4)
 
 

@@ -194,3 +194,20 @@ def test_reaggregate_needs_kept_stats(tmp_path, tiny, rmb_file):
     assert run(c, model, tok) == 0
     with pytest.raises(FileNotFoundError, match="token-stats file"):
         V.reaggregate(tmp_path / "run", V.expand("sum"))
+
+
+def test_failed_overwrite_keeps_the_old_stats(tmp_path, tiny, rmb_file):
+    """--overwrite of a run that fails before scoring anything (here: the model does not load) leaves both
+    the records and their arrays intact."""
+    run_dir = _eval(tmp_path, tiny, rmb_file)
+    before = (run_dir / "token_stats.f32").read_bytes()
+    records = (run_dir / "examples.jsonl").read_bytes()
+    settings = (run_dir / "settings.json").read_bytes()
+    c = Config(benchmark="rm-bench", data=str(rmb_file), method="endorm", output_dir=str(run_dir), progress=False,
+               plot=False, overwrite=True, model=str(tmp_path / "no-such-model"))
+    with pytest.raises((ValueError, FileNotFoundError, OSError)):
+        run(c)
+    assert (run_dir / "token_stats.f32").read_bytes() == before
+    assert (run_dir / "examples.jsonl").read_bytes() == records
+    assert (run_dir / "settings.json").read_bytes() == settings
+    V.variant_records(run_dir, V.expand("sum"))  # the kept records still resolve

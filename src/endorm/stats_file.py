@@ -28,8 +28,13 @@ class StatsWriter:
 
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
+        self.resume = resume
+        self._f = None  # opened at the first write, like endorm.io.JsonlWriter: a run that fails before
+        # scoring anything (bad input, no model) leaves an existing file as it was
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
+        if self.resume and self.path.exists():
             size = self.path.stat().st_size
             if size % _F32.itemsize:  # a torn last value from a crash: nothing points at it
                 os.truncate(self.path, size - size % _F32.itemsize)
@@ -39,6 +44,8 @@ class StatsWriter:
         self._offset = self._f.seek(0, os.SEEK_END) // _F32.itemsize
 
     def write(self, stats: list[TokenStats]) -> list[list[int]]:
+        if self._f is None:
+            self._open()
         refs = []
         for s in stats:
             n = len(s.token_ids)
@@ -51,7 +58,8 @@ class StatsWriter:
         return refs
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self) -> StatsWriter:
         return self

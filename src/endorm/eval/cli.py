@@ -236,10 +236,11 @@ def _score(cfg: Config, methods: list[str], items: list, records_path: Path, set
     keep = cfg.token_stats and "endorm" in methods
     with JsonlWriter(records_path, resume=cfg.resume, overwrite=cfg.overwrite) as writer, \
             (StatsWriter(records_path.parent / STATS_FILE, resume=cfg.resume) if keep else nullcontext()) as sw:
-        (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
         base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
         loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}
+        # only once the models load: a run that fails before scoring leaves the old run's settings
+        (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         memo = StatsMemo()
         objs = [build_method(m, loaded["rm"], memo, cfg.judge_greedy, loaded.get("ref_rm"), cfg.beta,
                              loaded.get("classifier"), contrasts=stored_contrasts(cfg)) for m in methods]

@@ -3,8 +3,9 @@
 Pointwise methods score a list of ``Example`` (``messages[-1]`` is the response; ``system`` the
 system prompt / principle it was written under) -> list[float]; higher is better:
 
-- ``endorm``           the endogenous outcome reward R = alpha log pi(y|x) + V(s_1) (or another
-                       aggregation of the core), arXiv 2506.23235;
+- ``endorm``           the endogenous outcome reward of arXiv 2506.23235 in RewardConfig's form (default
+                       discounted, gamma = 0.93; ``--aggregation sum --gamma 1`` is the paper's
+                       R = alpha log pi(y|x) + V(s_1));
 - ``genrm-pointwise``  the model, as a judge, rates the response 1-10; the score is the expected rating
                        sum_k k P(k) over the rating answers (or the greedily generated rating);
 - ``verifier``         Generative Verifier: P(Yes) / (P(Yes) + P(No)) to "Is this response correct and
