@@ -58,6 +58,8 @@ def make_batch(tok, pairs, resp_len=24, raw=False, empty_last=False):
 
 @pytest.mark.parametrize("raw", [False, True])
 def test_reward_manager_token_level(tiny_rm, raw):
+    # per-token r_t need the paper's undiscounted sum (docs/SERVING.md); the default form is tested below
+    tiny_rm = tiny_rm.with_config(aggregation="sum", gamma=1.0)
     tok = tiny_rm.tokenizer
     data, r_ids = make_batch(tok, PAIRS, raw=raw)
     mgr = EndormRewardManager(tok, num_examine=0, rm=tiny_rm)
@@ -71,6 +73,17 @@ def test_reward_manager_token_level(tiny_rm, raw):
         assert reward[i, :n].tolist() == pytest.approx(ref.rewards, abs=1e-4)
         assert torch.all(reward[i, n:] == 0)
         assert out["reward_extra_info"]["endorm_reward"][i] == pytest.approx(ref.total, abs=1e-4)
+
+
+def test_reward_manager_default_form_puts_the_outcome_last(tiny_rm):
+    assert tiny_rm.config.aggregation != "sum"  # the default is the discounted form
+    tok = tiny_rm.tokenizer
+    data, r_ids = make_batch(tok, PAIRS)
+    reward = EndormRewardManager(tok, num_examine=0, rm=tiny_rm)(data)
+    for i, (p, r) in enumerate(PAIRS):
+        n = len(r_ids[i])
+        assert reward[i, n - 1].item() == pytest.approx(tiny_rm.score([p], [r])[0], abs=1e-4)
+        assert torch.all(reward[i, : n - 1] == 0) and torch.all(reward[i, n:] == 0)
 
 
 def test_reward_manager_outcome_only_and_via_server(tiny_rm):
