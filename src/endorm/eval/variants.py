@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from endorm import rewards as R
+from endorm.chat import CONTRASTS
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.prompts import DSP_DOMAINS, DSP_STYLES
 from endorm.stats_file import StatsReader
 
-CONTRASTS = ("none", "prompt", "system")
 DEFAULT_GAMMAS = (1.0, 0.99, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8)
 STATS_FILE = "token_stats.f32"
 SPLIT_SALT = "endorm-split-v1"  # part of the pre-registered rule: never change it
