@@ -4,6 +4,7 @@
 # Every step resumes (--resume): rerun it after an interruption, in this or a later session. Items are
 # scored in seeded order interleaved over domains, so a stopped step has completed a balanced prefix.
 #   bash benchmarks/study.sh rm-smollm     # full RM-Bench (798 prompts), SmolLM2-135M, contrasts none+prompt
+#   CONTRAST=none bash benchmarks/study.sh rm-smollm   # the plain pass only (half the time), into rm-smollm-plain
 #   bash benchmarks/study.sh rm-qwen       # RM-Bench chat+safety, Qwen2.5-Coder-0.5B, seeded prefix
 #   bash benchmarks/study.sh dsp-smollm    # DSP 4x4 + no system, SmolLM2-135M, contrasts none+prompt+system
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
@@ -13,14 +14,16 @@ THREADS=${THREADS:-2}
 GAMMAS=1,0.99,0.97,0.95,0.93,0.9,0.85,0.8
 E="endorm eval --threads $THREADS --seed 0 --items-per-batch 1 --resume --aggregation all --gamma $GAMMAS"
 case "${1:-}" in
-  rm-smollm) $E --benchmark rm-bench --method endorm,logprob-mean --contrast none,prompt --limit 441 \
-               --output-dir "$OUT/rm-smollm" ;;
+  rm-smollm) contrast=${CONTRAST:-none,prompt}; dir=rm-smollm; [[ $contrast == none ]] && dir=rm-smollm-plain
+             $E --benchmark rm-bench --method endorm,logprob-mean --contrast "$contrast" --limit 441 \
+               --output-dir "$OUT/$dir" ;;
   rm-qwen)   $E --benchmark rm-bench --domains chat,safety --method endorm,logprob-mean --contrast none,prompt \
                --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/rm-qwen05" ;;
   dsp-smollm) $E --benchmark dsp --method endorm,logprob-mean --contrast none,prompt,system \
                --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
                --output-dir "$OUT/dsp-smollm" ;;
   variants)  step=$2; contrast=none,prompt; [[ $step == dsp-* ]] && contrast=none,prompt,system
+             [[ $step == *-plain ]] && contrast=none
              endorm eval --reaggregate "$OUT/$step" --aggregation all --gamma $GAMMAS --contrast $contrast ;;
   *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|variants STEP" >&2; exit 2 ;;
 esac

@@ -116,6 +116,15 @@ def test_aggregations():
         acts = mask[b].nonzero().flatten().tolist()
         assert abs(disc[b].item() - sum(g**k * r[b, t].item() for k, t in enumerate(acts))) < 1e-4
         assert abs(lp[b].item() - sum(g**k * 0.5 * logp[b, t].item() for k, t in enumerate(acts))) < 1e-4
+    # each token's term, against a naive loop: gamma^k r_t (discounted), r_t / n (mean), 0 off the mask
+    terms = R.reward_terms(r, logp, mask, "discounted", gamma=g)
+    mean_terms = R.reward_terms(r, logp, mask, "mean")
+    for b in range(mask.shape[0]):
+        acts = mask[b].nonzero().flatten().tolist()
+        for k, t in enumerate(acts):
+            assert abs(terms[b, t].item() - g**k * r[b, t].item()) < 1e-5
+            assert abs(mean_terms[b, t].item() - r[b, t].item() / len(acts)) < 1e-5
+    assert (terms[~mask] == 0).all() and (mean_terms[~mask] == 0).all()
     with pytest.raises(ValueError, match="unknown aggregation"):
         R.aggregate(r, logp, mask, "max")
     with pytest.raises(ValueError, match="gamma"):

@@ -63,9 +63,10 @@ def test_score_token_rewards(client, tiny_rm):
     body = client.post("/score", json={"rows": ROWS[:2], "tokens": True}).json()
     assert len(body["token_rewards"]) == 2
     for total, tr, row in zip(body["rewards"], body["token_rewards"], ROWS[:2], strict=True):
-        assert set(tr) == {"tokens", "token_ids", "logprobs", "values", "rewards", "total"}
+        assert set(tr) == {"tokens", "token_ids", "logprobs", "values", "rewards", "total", "terms"}
         assert len(tr["tokens"]) == len(tr["token_ids"]) == len(tr["rewards"]) == len(tr["values"]) > 1
         assert tr["total"] == pytest.approx(total, abs=1e-5)
+        assert sum(tr["terms"]) == pytest.approx(total, abs=1e-4)  # each token's share of the outcome
         assert total == pytest.approx(tiny_rm.score([row["prompt"]], [row["response"]])[0], abs=1e-4)
         ref = tiny_rm.token_rewards(row["prompt"], row["response"])
         assert tr["token_ids"] == ref.token_ids

@@ -75,14 +75,33 @@ def test_reward_manager_token_level(tiny_rm, raw):
         assert out["reward_extra_info"]["endorm_reward"][i] == pytest.approx(ref.total, abs=1e-4)
 
 
-def test_reward_manager_default_form_puts_the_outcome_last(tiny_rm):
-    assert tiny_rm.config.aggregation != "sum"  # the default is the discounted form
+@pytest.mark.parametrize("server", [False, True])
+def test_reward_manager_default_form_spreads_discounted_terms(tiny_rm, server):
+    assert tiny_rm.config.aggregation == "discounted"  # the default form, gamma^(t-1) r_t per token
+    g = tiny_rm.config.gamma
     tok = tiny_rm.tokenizer
     data, r_ids = make_batch(tok, PAIRS)
-    reward = EndormRewardManager(tok, num_examine=0, rm=tiny_rm)(data)
+    if server:
+        with TestClient(create_app(tiny_rm)) as client:
+            reward = EndormRewardManager(tok, client=client)(data)
+    else:
+        reward = EndormRewardManager(tok, num_examine=0, rm=tiny_rm)(data)
     for i, (p, r) in enumerate(PAIRS):
         n = len(r_ids[i])
-        assert reward[i, n - 1].item() == pytest.approx(tiny_rm.score([p], [r])[0], abs=1e-4)
+        ref = tiny_rm.token_rewards(p, r)
+        assert reward[i, :n].tolist() == pytest.approx([g**t * x for t, x in enumerate(ref.rewards)], abs=1e-4)
+        assert reward[i, :n].sum().item() == pytest.approx(tiny_rm.score([p], [r])[0], abs=1e-3)
+        assert torch.all(reward[i, n:] == 0)
+
+
+def test_reward_manager_contrast_puts_the_outcome_last(tiny_rm):
+    rm = tiny_rm.with_config(contrast="prompt")
+    tok = tiny_rm.tokenizer
+    data, r_ids = make_batch(tok, PAIRS)
+    reward = EndormRewardManager(tok, num_examine=0, rm=rm)(data)
+    for i, (p, r) in enumerate(PAIRS):
+        n = len(r_ids[i])
+        assert reward[i, n - 1].item() == pytest.approx(rm.score([p], [r])[0], abs=1e-4)
         assert torch.all(reward[i, : n - 1] == 0) and torch.all(reward[i, n:] == 0)
 
 

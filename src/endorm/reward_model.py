@@ -87,6 +87,9 @@ class TokenRewards:
     values: list[float]  # V(s_t)
     rewards: list[float]  # r_t = alpha log pi + V(s_t) - V(s_{t+1})
     total: float  # the outcome reward under the configured aggregation
+    # each token's term of ``total`` under the aggregation (e.g. gamma^(t-1) r_t); they sum to ``total``
+    # except with a contrast, whose context's outcome is subtracted from the total only
+    terms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,7 +264,10 @@ class EndogenousRewardModel:
 
         ``rewards`` are the response's own r_t; with a contrast, ``total`` is the contrastive outcome
         (the contrast context's outcome, from ``base``, subtracted)."""
+        c = self.config
         r, total = self.outcome(stats)
+        terms = R.reward_terms(r[None], stats.logprobs[None], torch.ones_like(r[None], dtype=torch.bool),
+                               c.aggregation, c.gamma, c.alpha)[0]  # [n]
         if base is not None:
             total -= self.outcome(base)[1]
         return TokenRewards(
@@ -271,6 +277,7 @@ class EndogenousRewardModel:
             values=stats.values.tolist(),
             rewards=r.tolist(),
             total=total,
+            terms=terms.tolist(),
         )
 
     def with_config(self, **overrides: Any) -> EndogenousRewardModel:

@@ -136,6 +136,39 @@ def discount_weights(mask: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.where(mask, w, torch.zeros_like(w))
 
 
+def reward_terms(
+    rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "sum",
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Each action's term of the outcome reward: summed over T they give ``aggregate``'s R.
+
+    - ``sum``:        r_t                                        (the paper; sums to alpha log pi(y|x) + V(s_1))
+    - ``mean``:       r_t / n                                    (n = number of response tokens)
+    - ``discounted``: gamma^(t-1) r_t
+    - ``logprob``:    gamma^(t-1) alpha log pi(a_t|s_t)          (no value terms)
+
+    ``sum`` and ``mean`` ignore gamma (they are the gamma = 1 forms). These are what a token-level RL
+    framework (verl) should put on each token so that its undiscounted return is endorm's outcome.
+
+    Args: rewards [B, T], logprobs [B, T], mask [B, T] bool. Returns: [B, T], 0 off the mask.
+    """
+    mask = mask.bool()
+    if aggregation == "sum":
+        return rewards * mask  # [B, T]
+    if aggregation == "mean":
+        n = mask.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
+        return rewards * mask / n  # [B, T]
+    if aggregation == "discounted":
+        return rewards * discount_weights(mask, gamma)  # [B, T]
+    if aggregation == "logprob":
+        return alpha * logprobs * discount_weights(mask, gamma)  # [B, T]
+    raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
 def aggregate(
     rewards: torch.Tensor,
     logprobs: torch.Tensor,
@@ -144,28 +177,11 @@ def aggregate(
     gamma: float = 1.0,
     alpha: float = 1.0,
 ) -> torch.Tensor:
-    """Outcome reward per row.
-
-    - ``sum``:        R = sum_t r_t                              (the paper; = alpha log pi(y|x) + V(s_1))
-    - ``mean``:       R = (1/n) sum_t r_t                        (n = number of response tokens)
-    - ``discounted``: R = sum_t gamma^(t-1) r_t
-    - ``logprob``:    R = sum_t gamma^(t-1) alpha log pi(a_t|s_t)   (no value terms)
-
-    ``sum`` and ``mean`` ignore gamma (they are the gamma = 1 forms).
+    """Outcome reward per row: the sum of ``reward_terms`` (see there for each aggregation).
 
     Args: rewards [B, T], logprobs [B, T], mask [B, T] bool. Returns: [B].
     """
-    mask = mask.bool()
-    if aggregation == "sum":
-        return (rewards * mask).sum(-1)  # [B]
-    if aggregation == "mean":
-        n = mask.sum(-1).clamp(min=1)  # [B]
-        return (rewards * mask).sum(-1) / n  # [B]
-    if aggregation == "discounted":
-        return (rewards * discount_weights(mask, gamma)).sum(-1)  # [B]
-    if aggregation == "logprob":
-        return (alpha * logprobs * discount_weights(mask, gamma)).sum(-1)  # [B]
-    raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+    return reward_terms(rewards, logprobs, mask, aggregation, gamma, alpha).sum(-1)  # [B]
 
 
 def outcome(

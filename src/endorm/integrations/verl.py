@@ -16,9 +16,11 @@ the server batches it with other workers' requests) or to an in-process model (`
 Token-level rewards: endorm's r_t live on the reward model's tokens; each is added to the policy's
 response token that covers the last character of that reward-model token (character offsets of the
 decoded texts), and anything past the policy's text (e.g. the end-of-turn token) to the last valid
-position. With the same tokenizer this is the identity; in every case a row's rewards sum to endorm's
-outcome reward under the 'sum' aggregation. With another aggregation, token_level puts the outcome
-reward on the last token instead (a per-token split of a mean or a discounted sum is not defined).
+position. What is placed is each token's term of the outcome under the scorer's aggregation
+(``terms``: r_t for 'sum', gamma^(t-1) r_t for the default 'discounted', r_t / n for 'mean'), so a row's
+token rewards sum to endorm's outcome reward and verl's undiscounted return equals it. With a contrast
+(the contrast context's outcome is subtracted from the total only) or from a server too old to send
+``terms``, token_level puts the outcome reward on the last token instead.
 """
 
 from __future__ import annotations
@@ -248,13 +250,15 @@ class EndormRewardManager:
             if not r_ids:
                 continue
             tr = trs[i]
-            # the r_t sum to the outcome only under the 'sum' aggregation; otherwise the outcome goes last
-            if tr is not None and abs(sum(tr["rewards"]) - float(totals[i])) <= 1e-3 * max(1.0, abs(totals[i])):
+            # each token gets its term of the outcome; where the terms do not sum to it (a contrast, or an
+            # older server without "terms" and an aggregation other than sum) the outcome goes last
+            terms = None if tr is None else tr.get("terms") or tr["rewards"]
+            if terms is not None and abs(sum(terms) - float(totals[i])) <= 1e-3 * max(1.0, abs(totals[i])):
                 policy_tokens = [self.tokenizer.decode([t]) for t in r_ids]
                 if list(tr["token_ids"]) == list(r_ids):  # same tokenizer and tokens: no alignment needed
-                    vals = list(tr["rewards"])
+                    vals = list(terms)
                 else:
-                    vals = align_token_rewards(tr["tokens"], tr["rewards"], policy_tokens)
+                    vals = align_token_rewards(tr["tokens"], terms, policy_tokens)
                 reward[i, : len(r_ids)] = torch.tensor(vals, dtype=torch.float32)
             else:
                 reward[i, len(r_ids) - 1] = float(totals[i])
