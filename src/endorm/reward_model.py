@@ -203,11 +203,11 @@ class EndogenousRewardModel:
             return list(stats), None
         return list(stats[0::2]), list(stats[1::2])
 
-    def contrast_stats(self, examples: Sequence[Example]) -> list[TokenStats] | None:
-        """TokenStats of the responses in the contrast context, or None without a contrast."""
-        if self.config.contrast == "none":
-            return None
-        return self.stats_encoded([self.encode(e, resolve=False) for e in self.contrast_examples(examples)])
+    def stats_with_contrast(self, examples: Sequence[Example]) -> tuple[list[TokenStats], list[TokenStats] | None]:
+        """(TokenStats of the responses, of the same responses in their contrast contexts or None), from one
+        call over the rows and their contrast contexts: the one route every caller takes."""
+        encoded = [e for ex in examples for e in self.encode_with_contrast(ex)]
+        return self.split_contrast(self.stats_encoded(encoded), len(examples))
 
     def totals(self, stats: Sequence[TokenStats], base: Sequence[TokenStats] | None) -> list[float]:
         """Outcome rewards from the stats of the responses and, with a contrast, of their contrast contexts."""
@@ -217,8 +217,7 @@ class EndogenousRewardModel:
         return out
 
     def score_examples(self, examples: Sequence[Example]) -> list[float]:
-        _, stats = self.stats(examples)
-        return self.totals(stats, self.contrast_stats(examples))
+        return self.totals(*self.stats_with_contrast(examples))
 
     def score(
         self,
@@ -255,8 +254,7 @@ class EndogenousRewardModel:
         return self.token_rewards_examples([example])[0]
 
     def token_rewards_examples(self, examples: Sequence[Example]) -> list[TokenRewards]:
-        _, stats = self.stats(examples)
-        base = self.contrast_stats(examples)
+        stats, base = self.stats_with_contrast(examples)
         return [self.token_view(s, None if base is None else base[i]) for i, s in enumerate(stats)]
 
     def token_view(self, stats: TokenStats, base: TokenStats | None = None) -> TokenRewards:

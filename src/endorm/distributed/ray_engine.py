@@ -66,9 +66,8 @@ class RowScorer:
 
         rm = self.rm
         rows = [json.loads(s) for s in batch["row"]]
-        encoded = [e for i, r in zip(batch["i"], rows, strict=True)
-                   for e in rm.encode_with_contrast(row_to_example(r, where=f"row {int(i)}"))]
-        stats, base = rm.split_contrast(rm.stats_encoded(encoded), len(rows))
+        stats, base = rm.stats_with_contrast([row_to_example(r, where=f"row {int(i)}")
+                                              for i, r in zip(batch["i"], rows, strict=True)])
         out = [json.dumps(scored_row(r, rm, s, self.tokens, None if base is None else base[k]), ensure_ascii=False)
                for k, (r, s) in enumerate(zip(rows, stats, strict=True))]
         return {"i": np.asarray(batch["i"]), "out": np.asarray(out, dtype=object)}
