@@ -7,6 +7,7 @@
 #   CONTRAST=none bash benchmarks/study.sh rm-smollm   # the plain pass only (half the time), into rm-smollm-plain
 #   bash benchmarks/study.sh rm-qwen       # RM-Bench chat+safety, Qwen2.5-Coder-0.5B, seeded prefix
 #   bash benchmarks/study.sh dsp-smollm    # DSP 4x4 + no system, SmolLM2-135M, contrasts none+prompt+system
+#   CONTRAST=none,system LIMIT=20 bash benchmarks/study.sh dsp-smollm   # without the prompt contrast (dsp-smollm-system)
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
 set -euo pipefail
 OUT=${OUT:-runs/study}
@@ -19,11 +20,13 @@ case "${1:-}" in
                --output-dir "$OUT/$dir" ;;
   rm-qwen)   $E --benchmark rm-bench --domains chat,safety --method endorm,logprob-mean --contrast none,prompt \
                --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/rm-qwen05" ;;
-  dsp-smollm) $E --benchmark dsp --method endorm,logprob-mean --contrast none,prompt,system \
+  dsp-smollm) contrast=${CONTRAST:-none,prompt,system}; dir=dsp-smollm
+             [[ $contrast == none,system ]] && dir=dsp-smollm-system
+             $E --benchmark dsp --method endorm,logprob-mean --contrast "$contrast" \
                --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
-               --output-dir "$OUT/dsp-smollm" ;;
+               --output-dir "$OUT/$dir" ;;
   variants)  step=$2; contrast=none,prompt; [[ $step == dsp-* ]] && contrast=none,prompt,system
-             [[ $step == *-plain ]] && contrast=none
+             [[ $step == *-plain ]] && contrast=none; [[ $step == *-system ]] && contrast=none,system
              endorm eval --reaggregate "$OUT/$step" --aggregation all --gamma $GAMMAS --contrast $contrast ;;
   *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|variants STEP" >&2; exit 2 ;;
 esac
