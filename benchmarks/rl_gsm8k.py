@@ -110,6 +110,40 @@ def curve_summary(run_dir: str, window: int = 10) -> dict:
     return out
 
 
+def probe(before: str, after: str, forms: list[str], model: str | None = None, rm=None) -> dict:
+    """Score each problem's before- and after-training greedy answers with the frozen base model's reward.
+
+    The question the RL runs raise: does a reward *form* prefer the collapsed answer ("The answer is N.")
+    over the base model's own answer to the same prompt? One forward pass per answer (token stats kept),
+    every form read off it. Prompts are the ``short`` template the runs trained and evaluated on.
+    """
+    from endorm import EndogenousRewardModel
+    from endorm.chat import Example
+    from endorm.mathx.data import load_benchmark
+    from endorm.mathx.generate import PROMPT_TEMPLATES
+
+    b, a = ({r["id"]: r["completions"][0] for r in _records(p)} for p in (before, after))
+    questions = {q.id: q.question for q in load_benchmark("gsm8k")}
+    ids = [i for i in b if i in a and i in questions]
+    rm = rm if rm is not None else EndogenousRewardModel.from_pretrained(model)
+    prompts = [PROMPT_TEMPLATES["short"].format(question=questions[i]) for i in ids]
+    rows = [Example.from_pair(q, r) for q, r in zip(prompts, [b[i] for i in ids], strict=True)]
+    rows += [Example.from_pair(q, r) for q, r in zip(prompts, [a[i] for i in ids], strict=True)]
+    _, stats = rm.stats(rows)
+    n = len(ids)
+    res: dict = {"n": n, "tokens_before": sum(len(s.token_ids) for s in stats[:n]) / n,
+                 "tokens_after": sum(len(s.token_ids) for s in stats[n:]) / n,
+                 "mean_value_per_token": float(sum(s.values.mean() for s in stats) / len(stats)), "forms": {}}
+    for form in forms:
+        agg, _, g = form.partition("@")
+        scorer = rm.with_config(aggregation=agg, gamma=float(g or 1.0))
+        tot = [scorer.outcome(s)[1] for s in stats]
+        wins = sum(tot[n + k] > tot[k] for k in range(n))
+        res["forms"][form] = {"after_preferred": wins / n, "mean_before": sum(tot[:n]) / n,
+                              "mean_after": sum(tot[n:]) / n}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -124,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", default=None, help="also write the numbers here")
     s = sub.add_parser("curves", help="first/last-window means of each run's curves")
     s.add_argument("--runs", nargs="+", required=True)
+    q = sub.add_parser("probe", help="which reward forms prefer the trained policy's answers to the base model's")
+    q.add_argument("--before", required=True, help="math-eval gsm8k.jsonl of the base model")
+    q.add_argument("--after", required=True, help="math-eval gsm8k.jsonl of the trained policy")
+    q.add_argument("--forms", nargs="+", default=["sum", "discounted@0.93", "discounted@0.8", "mean", "logprob"],
+                   help="aggregation[@gamma]")
+    q.add_argument("--model", default=None, help="reward model (default: the default model)")
+    q.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "plot":
         from endorm.rl.logging import plot_curves
@@ -133,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "compare":
         res = compare(args.before, args.after)
         print_compare(res)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+    elif args.cmd == "probe":
+        res = probe(args.before, args.after, args.forms, args.model)
+        print(json.dumps(res, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2))
     else:

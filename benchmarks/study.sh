@@ -6,6 +6,7 @@
 #   bash benchmarks/study.sh rm-smollm     # full RM-Bench (798 prompts), SmolLM2-135M, contrasts none+prompt
 #   CONTRAST=none bash benchmarks/study.sh rm-smollm   # the plain pass only (half the time), into rm-smollm-plain
 #   bash benchmarks/study.sh rm-qwen       # RM-Bench chat+safety, Qwen2.5-Coder-0.5B, seeded prefix
+#   CONTRAST=none bash benchmarks/study.sh rm-qwen     # the plain pass only, into rm-qwen05-plain
 #   bash benchmarks/study.sh dsp-smollm    # DSP 4x4 + no system, SmolLM2-135M, contrasts none+prompt+system
 #   CONTRAST=none,system LIMIT=20 bash benchmarks/study.sh dsp-smollm   # without the prompt contrast (dsp-smollm-system)
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
@@ -18,8 +19,9 @@ case "${1:-}" in
   rm-smollm) contrast=${CONTRAST:-none,prompt}; dir=rm-smollm; [[ $contrast == none ]] && dir=rm-smollm-plain
              $E --benchmark rm-bench --method endorm,logprob-mean --contrast "$contrast" --limit 441 \
                --output-dir "$OUT/$dir" ;;
-  rm-qwen)   $E --benchmark rm-bench --domains chat,safety --method endorm,logprob-mean --contrast none,prompt \
-               --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/rm-qwen05" ;;
+  rm-qwen)   contrast=${CONTRAST:-none,prompt}; dir=rm-qwen05; [[ $contrast == none ]] && dir=rm-qwen05-plain
+             $E --benchmark rm-bench --domains chat,safety --method endorm,logprob-mean --contrast "$contrast" \
+               --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/$dir" ;;
   dsp-smollm) contrast=${CONTRAST:-none,prompt,system}; dir=dsp-smollm
              [[ $contrast == none,system ]] && dir=dsp-smollm-system
              $E --benchmark dsp --method endorm,logprob-mean --contrast "$contrast" \

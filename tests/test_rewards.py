@@ -76,6 +76,25 @@ def test_telescoping_identity(alpha):
     torch.testing.assert_close(total, expected, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.93, 0.8, 0.5])
+def test_discounted_values_leave_a_per_token_charge(gamma):
+    # below gamma = 1 the V terms stop telescoping: with V(terminal) = 0,
+    # sum_t g^(t-1) r_t = sum_t g^(t-1) alpha log pi_t + V(s_1) - (1 - g) sum_{t>=2} g^(t-2) V(s_t)
+    # (docs/RESULTS.md uses this to explain why the discounted reward still prefers very short completions)
+    g = torch.Generator().manual_seed(3)
+    alpha, n = 0.7, 9
+    logp = -torch.rand(n, generator=g) * 3  # [n]
+    vals = torch.rand(n, generator=g) * 30  # [n], positive like a real model's V
+    _, total = R.outcome(logp, vals, "discounted", gamma, alpha)
+    w = gamma ** torch.arange(n, dtype=torch.float32)  # [n]: g^(t-1)
+    charge = (1 - gamma) * (w[:-1] * vals[1:]).sum()
+    expected = alpha * (w * logp).sum() + vals[0] - charge
+    assert abs(total.item() - expected.item()) < 1e-4
+    # the charge grows with length while it is short: one more token of the same V costs more reward
+    _, longer = R.outcome(torch.cat([logp, torch.zeros(1)]), torch.cat([vals, vals[-1:]]), "discounted", gamma, alpha)
+    assert longer.item() < total.item()
+
+
 def test_alpha_scaling():
     # scaling logits and alpha together scales every reward by the same factor
     logits, labels, mask = random_case(seed=2)

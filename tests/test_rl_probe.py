@@ -1,0 +1,42 @@
+"""benchmarks/rl_gsm8k.py probe: every form read off one pass equals scoring that form directly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from endorm.mathx.data import load_benchmark
+from endorm.mathx.generate import PROMPT_TEMPLATES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("rl_gsm8k", ROOT / "benchmarks" / "rl_gsm8k.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_probe_matches_direct_scoring(tmp_path, tiny_rm):
+    problems = load_benchmark("gsm8k", limit=3, seed=0)
+    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
+    long = "Let us add the numbers step by step and check the total twice. The answer is 7."
+    before.write_text("".join(json.dumps({"id": p.id, "completions": [long]}) + "\n" for p in problems))
+    after.write_text("".join(json.dumps({"id": p.id, "completions": ["The answer is 7."]}) + "\n" for p in problems))
+    forms = ["sum", "discounted@0.93", "mean"]
+    res = _load_script().probe(str(before), str(after), forms, rm=tiny_rm)
+    assert res["n"] == 3 and res["tokens_before"] > res["tokens_after"]
+    prompts = [PROMPT_TEMPLATES["short"].format(question=p.question) for p in problems]
+    for form in forms:
+        agg, _, g = form.partition("@")
+        rm = tiny_rm.with_config(aggregation=agg, gamma=float(g or 1.0))
+        b = rm.score(prompts, [long] * 3)
+        a = rm.score(prompts, ["The answer is 7."] * 3)
+        got = res["forms"][form]
+        assert got["mean_before"] == pytest.approx(sum(b) / 3, abs=1e-4)
+        assert got["mean_after"] == pytest.approx(sum(a) / 3, abs=1e-4)
+        assert got["after_preferred"] == pytest.approx(sum(x > y for x, y in zip(a, b, strict=True)) / 3)
