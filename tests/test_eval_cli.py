@@ -113,6 +113,27 @@ def test_dsp_table(tmp_path, tiny):
     assert by[(some, "academy")] != by[(some, "literature")]  # the system prompt changes the reward
 
 
+def test_dsp_system_contrast_shares_the_no_system_pass(tmp_path, tiny, monkeypatch):
+    """--contrast system on DSP: the contrast context of every domain prompt is the 'none' system's own
+    input, so each query costs one pass per system, not two (docs/EVAL.md)."""
+    from endorm.reward_model import EndogenousRewardModel
+
+    model, tok = tiny
+    dsp = tmp_path / "dsp.json"
+    dsp.write_text(json.dumps([{"query": "Tell me about the sea.", "responses": {
+        "academy": "The sea covers 71% of the Earth.", "business": "Shipping drives trade.",
+        "entertainment": "Surf's up, dude!", "literature": "O restless sea, you sing.", "normal": "It is big."}}]))
+    seen = []
+    real = EndogenousRewardModel.stats_encoded
+    monkeypatch.setattr(EndogenousRewardModel, "stats_encoded",
+                        lambda self, enc, *a, **k: seen.extend(tuple(e.input_ids) for e in enc) or real(self, enc, *a, **k))
+    run(cfg(tmp_path, benchmark="dsp", data=str(dsp), method="endorm", contrast="none,system",
+            dsp_systems="academy,literature,none"), model, tok)
+    assert len(seen) == len(set(seen)) == 15  # 5 responses x (academy, literature, no system)
+    recs = {r["system"]: r for r in records(tmp_path)}
+    assert set(recs) == {"academy", "literature", "none"}
+
+
 def test_pairs_and_best_of_n(tmp_path, tiny):
     model, tok = tiny
     pairs = tmp_path / "pairs.jsonl"

@@ -211,3 +211,19 @@ def test_failed_overwrite_keeps_the_old_stats(tmp_path, tiny, rmb_file):
     assert (run_dir / "examples.jsonl").read_bytes() == records
     assert (run_dir / "settings.json").read_bytes() == settings
     V.variant_records(run_dir, V.expand("sum"))  # the kept records still resolve
+
+
+def test_dsp_markdown_has_the_diagonal_and_the_default_matrix():
+    doms = ("academy", "business", "entertainment", "literature")
+    # system s, domain d: 70 on the diagonal, 40 + row index off it
+    table = {s: {d: (70.0 if d == s else 40.0 + i) for d in doms} for i, s in enumerate(doms)}
+    res = {"all": {"table": table, "diagonal_mean": 70.0, "off_diagonal_mean": 41.5, "diagonal_lift": 28.5,
+                   "diagonal_lift_se": 1.2, "n_queries_all_systems": 9, "shorter_wins": 51.0,
+                   "n": {d: 9 for d in doms}}}
+    summary = {"sum": res, "discounted@0.93": res, "discounted@0.93:system": res, "mean": res}
+    md = V.markdown(summary, "dsp")
+    assert "| sum | 70.0 | 70.0 | 70.0 | 70.0 | 70.0 | 41.5 | 28.5 ± 1.2 (9) | 51.0 | 9 |" in md
+    # the 4x4 of the paper's sum, the default and the default's system contrast, not of 'mean'
+    assert md.count("| academy | **70.0** | 40.0 | 40.0 | 40.0 |") == 3
+    assert "| literature | 43.0 | 43.0 | 43.0 | **70.0** |" in md
+    assert "| discounted@0.93:system | Academy |" in md and "| mean | Academy |" not in md

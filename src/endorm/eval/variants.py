@@ -32,6 +32,7 @@ from endorm.chat import CONTRASTS
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.prompts import DSP_DOMAINS, DSP_STYLES
+from endorm.reward_model import RewardConfig
 from endorm.stats_file import StatsReader
 
 DEFAULT_GAMMAS = (1.0, 0.99, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8)
@@ -278,17 +279,21 @@ def markdown(summary: dict[str, Any], benchmark: str, chosen: str | None = None)
                          f"{_f(al['overall']['avg'])} ± {_f(al['overall']['se'])} | {_f(al['shorter_wins'])} | "
                          f"{dev['n']} / {test['n']} |")
     elif benchmark == "dsp":
-        lines.append("| variant | diagonal mean | off-diagonal mean | diagonal lift ± s.e. (queries) "
-                     "| shorter wins % | n queries |")
-        lines.append("|" + "---|" * 6)
+        lines.append("| variant | diagonal: academy | business | entertainment | literature | diagonal mean "
+                     "| off-diagonal mean | diagonal lift ± s.e. (queries) | shorter wins % | n queries |")
+        lines.append("|" + "---|" * 10)
         for name, res in summary.items():
             a = res.get("all")
             if a is None:
                 continue
             mark = f"**{name}** (chosen)" if name == chosen else name
-            lines.append(f"| {mark} | {_f(a['diagonal_mean'])} | {_f(a['off_diagonal_mean'])} | "
+            diag = [_f(a["table"].get(d, {}).get(d)) for d in DSP_DOMAINS]
+            lines.append(f"| {mark} | " + " | ".join(diag) + f" | {_f(a['diagonal_mean'])} | "
+                         f"{_f(a['off_diagonal_mean'])} | "
                          f"{_f(a['diagonal_lift'])} ± {_f(a['diagonal_lift_se'])} ({a['n_queries_all_systems']}) | "
                          f"{_f(a['shorter_wins'])} | {max(a['n'].values())} |")
+        for name in _dsp_matrix_variants(summary):
+            lines += ["", *dsp_matrix(summary[name]["all"]["table"], name)]
     else:
         lines.append("| variant | dev accuracy | test accuracy | all accuracy | shorter wins % (all) | n |")
         lines.append("|" + "---|" * 6)
@@ -300,6 +305,25 @@ def markdown(summary: dict[str, Any], benchmark: str, chosen: str | None = None)
             lines.append(f"| {mark} | {g('dev')} | {g('test')} | {g('all')} | {g('all', 'shorter_wins')} | "
                          f"{res['all']['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def _dsp_matrix_variants(summary: dict[str, Any]) -> list[str]:
+    """The variants whose full 4x4 goes under the DSP table: the paper's sum, endorm's default, and their
+    principle-contrastive forms, where present."""
+    c = RewardConfig()
+    default = Variant(c.aggregation, c.gamma).name
+    want = ["sum", default, "sum:system", f"{default}:system"]
+    return [n for n in dict.fromkeys(want) if n in summary and "all" in summary[n]]
+
+
+def dsp_matrix(table: dict[str, dict[str, float]], name: str) -> list[str]:
+    """The paper's Table 2 layout: rows = system prompt, columns = the domain whose response should win."""
+    lines = [f"| {name} | " + " | ".join(d.capitalize() for d in DSP_DOMAINS) + " |", "|" + "---|" * 5]
+    for s in DSP_DOMAINS:
+        row = table.get(s, {})
+        cells = [f"**{_f(row.get(d))}**" if d == s else _f(row.get(d)) for d in DSP_DOMAINS]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _f(x: Any) -> str:
