@@ -142,6 +142,18 @@ def rmbench_table(results: dict[str, dict[str, Any]], paper: bool = True) -> str
     return "\n".join(lines)
 
 
+def dsp_matrix(table: dict[str, dict[str, float]], corner: str, systems: Sequence[str] = DSP_DOMAINS) -> list[str]:
+    """The paper's Table 2 layout: a row per system prompt in ``table`` (of ``systems``), a column per domain
+    whose response should win, the own-domain cell in bold."""
+    lines = [f"| {corner} | " + " | ".join(d.capitalize() for d in DSP_DOMAINS) + " |",
+             "|" + "---|" * (len(DSP_DOMAINS) + 1)]
+    for s in systems:
+        if s in table:
+            cells = [f"**{_f(table[s][d])}**" if s == d else _f(table[s][d]) for d in DSP_DOMAINS]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def dsp_tables(results: dict[str, dict[str, Any]], paper: bool = True) -> str:
     out = []
     for method, res in results.items():
@@ -149,13 +161,7 @@ def dsp_tables(results: dict[str, dict[str, Any]], paper: bool = True) -> str:
         n = res["n"]
         out.append(f"**{method}** (rows: system prompt; columns: the domain whose response should win over the "
                    f"other four; n = {max(n.values())} queries x 4 pairs per cell)\n")
-        out.append("| system prompt \\ domain | " + " | ".join(d.capitalize() for d in DSP_DOMAINS) + " |")
-        out.append("|" + "---|" * (len(DSP_DOMAINS) + 1))
-        for s in [*DSP_DOMAINS, "none"]:
-            if s not in t:
-                continue
-            cells = [f"**{t[s][d]:.1f}**" if s == d else _f(t[s][d]) for d in DSP_DOMAINS]
-            out.append(f"| {s} | " + " | ".join(cells) + " |")
+        out += dsp_matrix(t, "system prompt \\ domain", [*DSP_DOMAINS, "none"])
         out.append(f"\ndiagonal mean {_f(res['diagonal_mean'])}, off-diagonal mean {_f(res['off_diagonal_mean'])}\n")
     if paper:
         out.append("Paper (Qwen2.5-7B-Instruct) diagonal: " + ", ".join(f"{k} {v}" for k, v in PAPER_TABLE2_DIAGONAL.items()))

@@ -32,6 +32,7 @@ from endorm.chat import CONTRASTS
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.prompts import DSP_DOMAINS, DSP_STYLES
+from endorm.eval.report import _nan_to_none, dsp_matrix, summarize
 from endorm.reward_model import RewardConfig
 from endorm.stats_file import StatsReader
 
@@ -206,8 +207,6 @@ def paired_difference(recs: Sequence[dict], ref: Sequence[dict]) -> tuple[float,
 def summarize_variants(by_variant: dict[Variant, list[dict]]) -> dict[str, Any]:
     """Per variant and split (dev / test / all): the benchmark's summary, shorter-wins share, DSP lift, and
     the paired difference from the first variant (the paper's sum when it is listed)."""
-    from endorm.eval.report import summarize
-
     out: dict[str, Any] = {}
     ref_var = next(iter(by_variant), None)
     for var, recs in by_variant.items():
@@ -316,16 +315,6 @@ def _dsp_matrix_variants(summary: dict[str, Any]) -> list[str]:
     return [n for n in dict.fromkeys(want) if n in summary and "all" in summary[n]]
 
 
-def dsp_matrix(table: dict[str, dict[str, float]], name: str) -> list[str]:
-    """The paper's Table 2 layout: rows = system prompt, columns = the domain whose response should win."""
-    lines = [f"| {name} | " + " | ".join(d.capitalize() for d in DSP_DOMAINS) + " |", "|" + "---|" * 5]
-    for s in DSP_DOMAINS:
-        row = table.get(s, {})
-        cells = [f"**{_f(row.get(d))}**" if d == s else _f(row.get(d)) for d in DSP_DOMAINS]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def _f(x: Any) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
 
@@ -333,8 +322,6 @@ def _f(x: Any) -> str:
 def reaggregate(run_dir: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,
                 select_split: str | None = "dev") -> dict[str, Any]:
     """Re-score a finished ``endorm eval`` run under ``variants`` (no model); writes variants.json / .md."""
-    from endorm.eval.report import _nan_to_none
-
     by_variant, settings = variant_records(run_dir, variants)
     summary = summarize_variants(by_variant)
     benchmark = settings.get("benchmark", "rm-bench")
