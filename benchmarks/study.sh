@@ -9,6 +9,7 @@
 #   CONTRAST=none bash benchmarks/study.sh rm-qwen     # the plain pass only, into rm-qwen05-plain
 #   bash benchmarks/study.sh dsp-smollm    # DSP 4x4 + no system, SmolLM2-135M, contrasts none+prompt+system
 #   CONTRAST=none,system LIMIT=20 bash benchmarks/study.sh dsp-smollm   # without the prompt contrast (dsp-smollm-system)
+#   LIMIT=40 bash benchmarks/study.sh dsp-qwen   # DSP, Qwen2.5-Coder-0.5B, contrasts none+system, seeded prefix
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
 set -euo pipefail
 OUT=${OUT:-runs/study}
@@ -27,8 +28,11 @@ case "${1:-}" in
              $E --benchmark dsp --method endorm,logprob-mean --contrast "$contrast" \
                --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
                --output-dir "$OUT/$dir" ;;
+  dsp-qwen)  $E --benchmark dsp --method endorm,logprob-mean --contrast none,system \
+               --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
+               --model qwen2.5-coder-0.5b-instruct --output-dir "$OUT/dsp-qwen05-system" ;;
   variants)  step=$2; contrast=none,prompt; [[ $step == dsp-* ]] && contrast=none,prompt,system
              [[ $step == *-plain ]] && contrast=none; [[ $step == *-system ]] && contrast=none,system
              endorm eval --reaggregate "$OUT/$step" --aggregation all --gamma $GAMMAS --contrast $contrast ;;
-  *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|variants STEP" >&2; exit 2 ;;
+  *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|dsp-qwen|variants STEP" >&2; exit 2 ;;
 esac
