@@ -16,6 +16,7 @@ OUT=${OUT:-runs/study}
 THREADS=${THREADS:-2}
 GAMMAS=1,0.99,0.97,0.95,0.93,0.9,0.85,0.8
 E="endorm eval --threads $THREADS --seed 0 --items-per-batch 1 --resume --aggregation all --gamma $GAMMAS"
+DSP="$E --benchmark dsp --method endorm,logprob-mean --dsp-systems academy,business,entertainment,literature,none"
 case "${1:-}" in
   rm-smollm) contrast=${CONTRAST:-none,prompt}; dir=rm-smollm; [[ $contrast == none ]] && dir=rm-smollm-plain
              $E --benchmark rm-bench --method endorm,logprob-mean --contrast "$contrast" --limit 441 \
@@ -25,12 +26,9 @@ case "${1:-}" in
                --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/$dir" ;;
   dsp-smollm) contrast=${CONTRAST:-none,prompt,system}; dir=dsp-smollm
              [[ $contrast == none,system ]] && dir=dsp-smollm-system
-             $E --benchmark dsp --method endorm,logprob-mean --contrast "$contrast" \
-               --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
-               --output-dir "$OUT/$dir" ;;
-  dsp-qwen)  $E --benchmark dsp --method endorm,logprob-mean --contrast none,system \
-               --dsp-systems academy,business,entertainment,literature,none --limit "${LIMIT:-661}" \
-               --model qwen2.5-coder-0.5b-instruct --output-dir "$OUT/dsp-qwen05-system" ;;
+             $DSP --contrast "$contrast" --limit "${LIMIT:-661}" --output-dir "$OUT/$dir" ;;
+  dsp-qwen)  $DSP --contrast none,system --limit "${LIMIT:-661}" --model qwen2.5-coder-0.5b-instruct \
+               --output-dir "$OUT/dsp-qwen05-system" ;;
   variants)  step=$2; contrast=none,prompt; [[ $step == dsp-* ]] && contrast=none,prompt,system
              [[ $step == *-plain ]] && contrast=none; [[ $step == *-system ]] && contrast=none,system
              endorm eval --reaggregate "$OUT/$step" --aggregation all --gamma $GAMMAS --contrast $contrast ;;

@@ -32,7 +32,7 @@ from endorm.chat import CONTRASTS
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.prompts import DSP_DOMAINS, DSP_STYLES
-from endorm.eval.report import _nan_to_none, dsp_matrix, summarize
+from endorm.eval.report import _f, _nan_to_none, dsp_matrix, summarize
 from endorm.reward_model import RewardConfig
 from endorm.stats_file import StatsReader
 
@@ -313,10 +313,6 @@ def _dsp_matrix_variants(summary: dict[str, Any]) -> list[str]:
     default = Variant(c.aggregation, c.gamma).name
     want = ["sum", default, "sum:system", f"{default}:system"]
     return [n for n in dict.fromkeys(want) if n in summary and "all" in summary[n]]
-
-
-def _f(x: Any) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
 
 
 def reaggregate(run_dir: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,
