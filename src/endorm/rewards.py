@@ -88,6 +88,24 @@ def logprobs_and_values(
     return chosen - lse, alpha * lse
 
 
+def entropy_and_kl_uniform(logits: torch.Tensor, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per state: the entropy H(pi(.|s)) and KL(U || pi(.|s)) from the uniform distribution U, pi = softmax(f / alpha).
+
+    KL(U || pi) is the per-token term of Intuitor's self-certainty (arXiv 2505.19590): its mean over a
+    response's tokens is that response's self-certainty. With lse = logsumexp(f / alpha) and |V| words,
+    log pi_j = f_j / alpha - lse, so H = lse - sum_j pi_j f_j / alpha and KL(U || pi) = lse - mean_j f_j / alpha - log |V|.
+
+    Args: logits [..., V]. Returns: (entropy [...], kl_uniform [...]) float32.
+    """
+    _check_alpha(alpha)
+    scaled = logits.float() / alpha  # [..., V]
+    lse = torch.logsumexp(scaled, dim=-1)  # [...]
+    probs = torch.softmax(scaled, dim=-1)  # [..., V]
+    entropy = lse - (probs * scaled).sum(-1)  # [...]
+    kl_uniform = lse - scaled.mean(-1) - torch.log(torch.tensor(float(scaled.shape[-1])))  # [...]
+    return entropy, kl_uniform
+
+
 def next_state_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """V(s_{t+1}) for every action position: the value at the next action, 0 after the last one.
 

@@ -24,18 +24,30 @@ from dataclasses import dataclass
 import torch
 
 from endorm.chat import Encoded, RowError
-from endorm.rewards import action_logprobs, logprobs_and_values, shift_logits_and_labels, soft_values
+from endorm.rewards import (
+    action_logprobs,
+    entropy_and_kl_uniform,
+    logprobs_and_values,
+    shift_logits_and_labels,
+    soft_values,
+)
 
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class TokenStats:
-    """Per response token of one example: the action ids, log pi(a_t|s_t) and V(s_t) (float32, CPU)."""
+    """Per response token of one example: the action ids, log pi(a_t|s_t) and V(s_t) (float32, CPU).
+
+    With ``extra=True`` in ``compute_stats`` also the entropy H(pi(.|s_t)) and KL(U || pi(.|s_t)) (the
+    intrinsic baselines' per-token terms); otherwise those are None.
+    """
 
     token_ids: list[int]
     logprobs: torch.Tensor  # [n]
     values: torch.Tensor  # [n]
+    entropy: torch.Tensor | None = None  # [n]
+    kl_uniform: torch.Tensor | None = None  # [n]
 
 
 def output_head(model: torch.nn.Module) -> HeadFn:
@@ -61,21 +73,27 @@ def output_head(model: torch.nn.Module) -> HeadFn:
 
 
 def reduce_chunked(
-    head: HeadFn, hidden: torch.Tensor, labels: torch.Tensor, alpha: float, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi and V for N states without materialising [N, V] logits.
+    head: HeadFn, hidden: torch.Tensor, labels: torch.Tensor, alpha: float, chunk_size: int, extra: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """log pi and V (and with ``extra`` the entropy and KL(U || pi)) for N states without materialising
+    [N, V] logits.
 
-    Args: hidden [N, H] (states), labels [N] (actions). Returns: (logprobs [N], values [N]) float32.
+    Args: hidden [N, H] (states), labels [N] (actions).
+    Returns: (logprobs [N], values [N]) float32, or (logprobs, values, entropy, kl_uniform) with ``extra``.
     """
-    logps, values = [], []
+    cols: list[list[torch.Tensor]] = [[], [], [], []] if extra else [[], []]
     for i in range(0, hidden.shape[0], chunk_size):
         logits = head(hidden[i : i + chunk_size])  # [C, V]: the only vocabulary-sized tensors live here
+        if extra:  # before logprobs_and_values, which may scale the logits in place
+            ent, klu = entropy_and_kl_uniform(logits, alpha)  # [C], [C]
+            cols[2].append(ent)
+            cols[3].append(klu)
         lp, v = logprobs_and_values(logits, labels[i : i + chunk_size], alpha)  # [C], [C]
-        logps.append(lp)
-        values.append(v)
-    if not logps:
-        return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-    return torch.cat(logps), torch.cat(values)  # [N], [N]
+        cols[0].append(lp)
+        cols[1].append(v)
+    if not cols[0]:
+        return tuple(hidden.new_zeros(0, dtype=torch.float32) for _ in cols)
+    return tuple(torch.cat(c) for c in cols)  # each [N]
 
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -124,6 +142,7 @@ def stats_padded(
     padding_side: str = "right",
     full_logits: bool = False,
     pad_id: int = 0,
+    extra: bool = False,
 ) -> list[TokenStats]:
     """Score a batch of independent examples in one padded forward pass."""
     device = next(model.parameters()).device
@@ -133,11 +152,12 @@ def stats_padded(
         states, labels, act = shift_logits_and_labels(logits, ids, resp)
         logp = action_logprobs(states[act], labels[act], alpha)  # [N]
         vals = soft_values(states[act], alpha)  # [N]
+        cols = (logp, vals, *entropy_and_kl_uniform(states[act], alpha)) if extra else (logp, vals)
     else:
         hidden = _decoder(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)[0]
         states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # states [B, T-1, H]
-        logp, vals = reduce_chunked(output_head(model), states[act], labels[act], alpha, chunk_size)  # [N]
-    return _split(batch, logp, vals)
+        cols = reduce_chunked(output_head(model), states[act], labels[act], alpha, chunk_size, extra)  # each [N]
+    return _split(batch, *cols)
 
 
 @torch.no_grad()
@@ -149,6 +169,7 @@ def stats_shared_prompt(
     batch_size: int = 8,
     pad_id: int = 0,
     one_per_pass: bool | None = None,
+    extra: bool = False,
 ) -> list[TokenStats]:
     """Score responses that share one prompt: the prompt is run once and its cache reused.
 
@@ -161,7 +182,7 @@ def stats_shared_prompt(
     if any(e.input_ids[: e.prompt_len] != prompt for e in group):
         raise ValueError("stats_shared_prompt needs examples with identical prompt tokens")
     if len(prompt) < 2:
-        return stats_padded(model, group, alpha, chunk_size, pad_id=pad_id)
+        return stats_padded(model, group, alpha, chunk_size, pad_id=pad_id, extra=extra)
     device = next(model.parameters()).device
     dec, head = _decoder(model), output_head(model)
     P = len(prompt) - 1
@@ -193,8 +214,8 @@ def stats_shared_prompt(
         # no cache_position: every release computes it from the cache length P, as position_ids here
         hidden, _ = _run_with_cache(dec, cache, input_ids=ids, attention_mask=attn, position_ids=pos)  # [b, S, H]
         states, labels, act = shift_logits_and_labels(hidden, ids, resp)  # [b, S-1, H], [b, S-1]
-        logp, vals = reduce_chunked(head, states[act], labels[act], alpha, chunk_size)  # [N]
-        for i, st in zip(idx, _split(chunk, logp, vals), strict=True):
+        cols = reduce_chunked(head, states[act], labels[act], alpha, chunk_size, extra)  # each [N]
+        for i, st in zip(idx, _split(chunk, *cols), strict=True):
             results[i] = st
     return results  # type: ignore[return-value]
 
@@ -221,11 +242,13 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
     return batches
 
 
-def _split(batch: Sequence[Encoded], logp: torch.Tensor, vals: torch.Tensor) -> list[TokenStats]:
+def _split(batch: Sequence[Encoded], logp: torch.Tensor, vals: torch.Tensor,
+           ent: torch.Tensor | None = None, klu: torch.Tensor | None = None) -> list[TokenStats]:
     out, i = [], 0
     for e in batch:
         n = len(e.response_ids)
-        out.append(TokenStats(e.response_ids, logp[i : i + n].cpu(), vals[i : i + n].cpu()))
+        extra = {} if ent is None else {"entropy": ent[i : i + n].cpu(), "kl_uniform": klu[i : i + n].cpu()}
+        out.append(TokenStats(e.response_ids, logp[i : i + n].cpu(), vals[i : i + n].cpu(), **extra))
         i += n
     return out
 
@@ -240,8 +263,10 @@ def compute_stats(
     padding_side: str = "right",
     full_logits: bool = False,
     pad_id: int = 0,
+    extra: bool = False,
 ) -> list[TokenStats]:
-    """TokenStats for every example, in input order; groups shared prompts, batches the rest by length."""
+    """TokenStats for every example, in input order; groups shared prompts, batches the rest by length.
+    ``extra`` adds each token's entropy and KL(U || pi) (see ``TokenStats``)."""
     results: list[TokenStats | None] = [None] * len(examples)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, e in enumerate(examples):
@@ -250,13 +275,14 @@ def compute_stats(
     for idx in groups.values():
         if share_prompts and not full_logits:  # a lone row too: its score must not depend on company
             for i, s in zip(idx, stats_shared_prompt(model, [examples[i] for i in idx], alpha, chunk_size,
-                                                     batch_size, pad_id), strict=True):
+                                                     batch_size, pad_id, extra=extra), strict=True):
                 results[i] = s
         else:
             singles.extend(idx)
     for batch in length_batches([len(examples[i].input_ids) for i in singles], batch_size):
         idx = [singles[b] for b in batch]
-        stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id)
+        stats = stats_padded(model, [examples[i] for i in idx], alpha, chunk_size, padding_side, full_logits, pad_id,
+                             extra)
         for i, s in zip(idx, stats, strict=True):
             results[i] = s
     for e, s in zip(examples, results, strict=True):

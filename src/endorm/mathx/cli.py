@@ -4,6 +4,11 @@ Greedy decoding gives accuracy (with a 95% Wilson interval); ``--num_samples n -
 pass@k for k = 1 and every power of two up to n. Completions are written one JSON line per problem to
 ``output_dir/<model-tag>/<benchmark>.jsonl`` as they come (``--resume`` continues), and the summary is
 printed in the layout of the paper's Table 3 (AIME24, AMC, MATH-500, Minerva, OlympiadBench, average).
+
+Best-of-N (``--select FORMS`` with ``--num_samples N``): the N samples of each problem are scored by the same
+model under every form (``endorm.mathx.bestofn``), one forward pass per sample, into ``<benchmark>.scores.jsonl``;
+a greedy pass goes to ``<benchmark>.greedy.jsonl``; ``<benchmark>.bestofn.json`` holds every form's best-of-N
+accuracy, within-problem AUROC and shorter-wins share on all problems and on the seeded dev / test halves.
 """
 
 from __future__ import annotations
@@ -50,10 +55,24 @@ class Config:
     output_dir: str = field(default="results/math_eval", metadata={"help": "per-problem JSONL and summary.json"})
     resume: bool = field(default=False, metadata={"help": "skip problems already in the output files"})
     data_dir: str | None = field(default=None, metadata={"help": "folder with gsm8k/ and math/ (default ../shared/data)"})
+    select: str | None = field(default=None, metadata={
+        "help": "best-of-N: score the samples under these forms (all | endogenous | intrinsic | a comma list, "
+                "e.g. sum,discounted@0.93,self_certainty,majority) and report each form's choice"})
+    sampler: str = field(default="float32", metadata={
+        "help": "float32 | int8: the model that generates (int8: dynamic int8 linear layers, faster on a CPU, "
+                "changes the samples slightly); scoring always uses the --dtype model"})
+    greedy_baseline: bool = field(default=True, metadata={"help": "with --select: also a greedy pass (baseline)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the dev / test halves of the best-of-N report"})
 
 
 def _tag(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/").split("/")[-1] if "/" in model else model) or "model"
+
+
+def _bench_tag(bench: str) -> str:
+    """The file name stem of a benchmark's outputs: its name, or the stem of a .jsonl path (never the path
+    itself, which would put the outputs beside the input)."""
+    return _tag(Path(bench).stem) if bench.endswith(".jsonl") else _tag(bench)
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,18 +107,99 @@ def format_table(summary: dict[str, dict[str, dict[str, Any]]], benchmarks: list
     return "\n".join(lines)
 
 
+def _generate_file(config: Config, path: Path, problems: list, model: Any, sampler: Any, tok: Any,
+                   temperature: float, num_samples: int) -> None:
+    """Append the records of the problems not yet in ``path`` (all of them without --resume)."""
+    from endorm.io import JsonlWriter, count_complete_lines
+    from endorm.mathx.generate import evaluate_problems
+
+    done = count_complete_lines(path) if (config.resume and path.exists()) else 0
+    _check_prefix(path, problems, done)
+    with JsonlWriter(path, resume=config.resume, overwrite=not config.resume) as w:
+        for rec in evaluate_problems(
+            model, tok, problems[done:], template=config.prompt_template, system=config.system_prompt,
+            batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=temperature,
+            top_p=config.top_p, num_samples=num_samples, seed=config.seed + done, sampler=sampler,
+        ):
+            w.write([rec])
+
+
+def _check_prefix(path: Path, problems: list, done: int) -> None:
+    """--resume continues a file only if its records are the first ``done`` problems of this run, in order."""
+    if not done:
+        return
+    with path.open(encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line, _ in zip(f, range(done), strict=False)]
+    want = [p.id for p in problems[:done]]
+    if ids != want:
+        raise ValueError(f"--resume: {path} holds other problems than this run's first {done} (different "
+                         "--limit, --seed or benchmark); use another --output_dir or drop --resume")
+
+
+def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records: list[dict], model: Any,
+               sampler: Any, tok: Any, forms: list[str]) -> dict[str, Any]:
+    """Greedy baseline, scores of every sample under ``forms`` (resumable), and the best-of-N summary."""
+    from endorm.io import JsonlWriter, count_complete_lines
+    from endorm.mathx.bestofn import ENDOGENOUS_FORMS, format_summary, rl_candidate, score_problem, summarize
+    from endorm.mathx.generate import build_prompt
+
+    greedy = None
+    if config.greedy_baseline:
+        gpath = folder / f"{bench}.greedy.jsonl"
+        _generate_file(config, gpath, problems, model, sampler, tok, 0.0, 1)
+        greedy = [json.loads(line) for line in gpath.read_text().splitlines() if line.strip()]
+    spath = folder / f"{bench}.scores.jsonl"
+    done = count_complete_lines(spath) if (config.resume and spath.exists()) else 0
+    t0 = time.time()
+    with JsonlWriter(spath, resume=config.resume, overwrite=not config.resume) as w:
+        for rec in records[done:]:
+            prompt = build_prompt(tok, _question(problems, rec["id"]), config.prompt_template, config.system_prompt)
+            w.write([{"id": rec["id"], "scores": score_problem(model, tok, prompt, rec, forms)}])
+    log.info("scored %d problems in %.0f s", len(records) - done, time.time() - t0)
+    scored = [json.loads(line) for line in spath.read_text().splitlines() if line.strip()]
+    missing = [f for f in forms if any(f not in s["scores"] for s in scored)]
+    if missing:
+        raise ValueError(f"{spath} lacks the forms {', '.join(missing)} (scored with another --select); "
+                         "rerun without --resume to rescore")
+    summary = summarize(records, [{"id": s["id"], **s["scores"]} for s in scored], forms, greedy,
+                        split_seed=config.split_seed)
+    endo = [f for f in forms if f in ENDOGENOUS_FORMS]
+    if endo:
+        summary["rl_candidate"] = rl_candidate(summary, tuple(endo))
+    (folder / f"{bench}.bestofn.json").write_text(json.dumps(summary, indent=1))
+    print(format_summary(summary, "all"))
+    if "rl_candidate" in summary:
+        print(f"\nRL candidate (highest dev AUROC among the endogenous forms): {summary['rl_candidate']}")
+    return summary
+
+
+def _question(problems: list, pid: str) -> str:
+    for p in problems:
+        if p.id == pid:
+            return p.question
+    raise ValueError(f"problem {pid!r} of the samples file is not in this run's problem list")
+
+
 def run(config: Config) -> int:
     import torch
 
-    from endorm.io import JsonlWriter, count_complete_lines
     from endorm.mathx.data import load_benchmark
-    from endorm.mathx.generate import PROMPT_TEMPLATES, evaluate_problems
+    from endorm.mathx.generate import PROMPT_TEMPLATES, SAMPLERS, make_sampler
     from endorm.models import load_model_and_tokenizer
 
     if config.prompt_template not in PROMPT_TEMPLATES:
         raise ValueError(f"--prompt_template: unknown {config.prompt_template!r}; use {', '.join(PROMPT_TEMPLATES)}")
     if config.num_samples > 1 and config.temperature <= 0:
         raise ValueError("--num_samples > 1 needs --temperature > 0")
+    if config.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler: unknown {config.sampler!r}; use {', '.join(SAMPLERS)}")
+    forms = None
+    if config.select:
+        from endorm.mathx.bestofn import parse_forms
+
+        forms = parse_forms(config.select)
+        if config.num_samples < 2:
+            raise ValueError("--select needs --num_samples >= 2 (and --temperature > 0): it chooses among samples")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     benchmarks = [b.strip() for b in config.benchmarks.split(",") if b.strip()]
@@ -109,22 +209,14 @@ def run(config: Config) -> int:
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for name in models:
         model, tok = load_model_and_tokenizer(None if name == "default" else name, config.dtype, config.device)
+        sampler = make_sampler(model, config.sampler)
         tag = _tag(name)
         summary[tag] = {}
         for b in benchmarks:
-            path = out_root / tag / f"{b}.jsonl"
+            path = out_root / tag / f"{_bench_tag(b)}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            done = count_complete_lines(path) if (config.resume and path.exists()) else 0
-            todo = problems[b][done:]
             t0 = time.time()
-            with JsonlWriter(path, resume=config.resume, overwrite=not config.resume) as w:
-                for rec in evaluate_problems(
-                    model, tok, todo, template=config.prompt_template, system=config.system_prompt,
-                    batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
-                    temperature=config.temperature, top_p=config.top_p, num_samples=config.num_samples,
-                    seed=config.seed,
-                ):
-                    w.write([rec])
+            _generate_file(config, path, problems[b], model, sampler, tok, config.temperature, config.num_samples)
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             s = summarize(records)
             s["seconds"] = round(time.time() - t0, 1)
@@ -132,7 +224,9 @@ def run(config: Config) -> int:
             lo, hi = s["ci95"]
             print(f"{tag} {b}: {s['correct']}/{s['n']} = {100 * s['accuracy']:.1f}% "
                   f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}) in {s['seconds']} s", flush=True)
-        del model
+            if forms:
+                _best_of_n(config, out_root / tag, _bench_tag(b), problems[b], records, model, sampler, tok, forms)
+        del model, sampler
     (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
     print(format_table(summary, benchmarks))

@@ -17,6 +17,8 @@ __all__ = [
     "PROMPT_TEMPLATES",
     "build_prompt",
     "generate_texts",
+    "sample_completions",
+    "make_sampler",
     "pass_at_k",
     "wilson_interval",
     "evaluate_problems",
@@ -47,7 +49,15 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[i : i + size]
 
 
-def generate_texts(
+def end_ids_of(model, tokenizer) -> set[int]:
+    """Token ids that end a completion: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([gen] if isinstance(gen, int) else (gen or []))
+    return ids
+
+
+def sample_completions(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -57,8 +67,12 @@ def generate_texts(
     num_samples: int = 1,
     batch_size: int = 8,
     seed: int = 0,
-) -> list[list[str]]:
-    """``num_samples`` completions per prompt (greedy when ``temperature`` is 0), left-padded batches."""
+) -> list[list[dict]]:
+    """``num_samples`` completions per prompt (greedy when ``temperature`` is 0), left-padded batches.
+
+    Each completion is ``{"text", "n_tokens", "end_token"}``: ``n_tokens`` counts the generated tokens through
+    the end token, ``end_token`` is the id that ended it, or None when it was cut at ``max_new_tokens``.
+    """
     import torch
 
     if temperature <= 0 and num_samples > 1:
@@ -68,8 +82,9 @@ def generate_texts(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
+    ends = end_ids_of(model, tokenizer)
     torch.manual_seed(seed)
-    out: list[list[str]] = []
+    out: list[list[dict]] = []
     try:
         for chunk in _batches(list(prompts), max(1, batch_size // max(1, num_samples))):
             enc = tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -80,12 +95,46 @@ def generate_texts(
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
                 gen = model.generate(**enc, **kwargs)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            rows = []
+            for ids in gen[:, enc["input_ids"].shape[1] :].tolist():
+                cut = next((j for j, t in enumerate(ids) if t in ends), None)
+                body = ids if cut is None else ids[:cut]
+                rows.append({"text": tokenizer.decode(body, skip_special_tokens=True),
+                             "n_tokens": len(body) + (cut is not None),
+                             "end_token": None if cut is None else ids[cut]})
             for i in range(len(chunk)):
-                out.append(texts[i * num_samples : (i + 1) * num_samples])
+                out.append(rows[i * num_samples : (i + 1) * num_samples])
     finally:
         tokenizer.padding_side = old_side
     return out
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[str], **kwargs) -> list[list[str]]:
+    """``sample_completions``' texts only (same arguments)."""
+    return [[c["text"] for c in cs] for cs in sample_completions(model, tokenizer, prompts, **kwargs)]
+
+
+SAMPLERS = ("float32", "int8")
+
+
+def make_sampler(model, kind: str = "float32"):
+    """The model that generates: the model itself (``float32``), or a copy whose ``nn.Linear`` layers run
+    with int8 weights and dynamically quantised activations (``int8``: faster on a CPU; it changes the
+    sampled distribution slightly: benchmarks/sampling_speed.py measures by how much). Scoring always uses
+    ``model`` itself."""
+    import copy
+
+    import torch
+
+    if kind == "float32":
+        return model
+    if kind == "int8":
+        import warnings
+
+        with warnings.catch_warnings():  # torch.ao's deprecation notice, printed once per layer
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    raise ValueError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -117,21 +166,31 @@ def evaluate_problems(
     template: str = "boxed",
     system: str | None = None,
     batch_size: int = 8,
+    sampler=None,
     **gen_kwargs,
 ) -> Iterable[dict]:
-    """Yield one record per problem (question, answer, completions, extracted answers, correctness),
-    batch by batch so callers can write them as they come."""
-    for chunk in _batches(list(problems), batch_size):
+    """Yield one record per problem (question, answer, completions, extracted answers, correctness, token
+    counts, end tokens), batch by batch so callers can write them as they come. ``sampler`` (default
+    ``model``) is the model that generates, e.g. an int8 copy (``make_sampler``)."""
+    seed = gen_kwargs.pop("seed", 0)
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
         prompts = [build_prompt(tokenizer, p.question, template, system) for p in chunk]
-        comps = generate_texts(model, tokenizer, prompts, batch_size=batch_size, **gen_kwargs)
+        # one seed per chunk (seed + its first problem's index): chunks do not repeat one random stream, and
+        # a run resumed at a chunk boundary (seed + problems done) samples what the whole run would have
+        comps = sample_completions(sampler or model, tokenizer, prompts, batch_size=batch_size, seed=seed + start,
+                                   **gen_kwargs)
         for p, cs in zip(chunk, comps, strict=True):
-            preds = [extract_answer(c) for c in cs]
+            texts = [c["text"] for c in cs]
+            preds = [extract_answer(t) for t in texts]
             correct = [bool(is_equiv(pr, p.answer)) for pr in preds]
             yield {
                 "id": p.id,
                 "source": p.source,
                 "answer": p.answer,
-                "completions": cs,
+                "completions": texts,
                 "predictions": preds,
                 "correct": correct,
+                "n_tokens": [c["n_tokens"] for c in cs],
+                "end_token": [c["end_token"] for c in cs],
             }
