@@ -2,6 +2,8 @@
 
 Token MDPs small enough for exact dynamic programming (``mdp``), softmax "language models" fitted by
 maximum likelihood or perturbed by hand (``fit``), the endogenous reward read from their logits with
-``endorm.rewards``, and four experiments (``experiments``) checking Proposition 1, Theorems 1-2 and the
-extract-then-RL fixed point. Run ``endorm lab`` (``endorm.lab.cli``); results are in docs/THEORY.md.
+``endorm.rewards``, and six experiments (``experiments``) checking Proposition 1, Theorems 1-2, the
+extract-then-RL fixed point, the KL-regularised optimum of the endogenous reward (``pi_ref`` sharpened)
+and what a discount gamma < 1 does to shaping invariance (variable-length responses: ``sequences``).
+Run ``endorm lab`` (``endorm.lab.cli``); results are in docs/THEORY.md.
 """

@@ -1,8 +1,10 @@
-"""Exact CPU laboratory for the paper's theory: reward recovery, Theorem 1/2 bounds, the RL fixed point.
+"""Exact CPU laboratory for the paper's theory: reward recovery, Theorem 1/2 bounds, the RL fixed point,
+the KL-regularised optimum of the endogenous reward (sharpening) and what gamma < 1 does (shaping).
 
 Runs the experiments of ``endorm.lab.experiments`` on small token MDPs (exact DP / enumeration, no
 sampling in the evaluation), prints one table per experiment, writes ``lab_<name>.csv`` and
-``summary.json`` to ``--out-dir`` and ``lab_<name>.png`` to ``--figures-dir``. ``--quick`` shrinks
+``summary.json`` to ``--out-dir`` and ``lab_<name>.png`` to ``--figures-dir`` (sharpening and shaping
+are tables only: ``summary.json`` carries their per-setting means, and sharpening's rows, under ``tables``). ``--quick`` shrinks
 everything to a seconds-long smoke run.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ from endorm.lab import plots as P
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = ("recovery", "preferences", "suboptimality", "fixed_point")
+EXPERIMENTS = ("recovery", "preferences", "suboptimality", "fixed_point", "sharpening", "shaping")
 
 
 @dataclass
@@ -52,6 +55,17 @@ class Config:
     fp_demos: int = field(default=1000, metadata={"help": "(d) demonstrations for the starting model"})
     fp_iters: int = field(default=5, metadata={"help": "(d) extract-then-RL rounds"})
     fp_temperatures: str = field(default="1.0,0.5,2.0", metadata={"help": "(d) RL temperature alpha'/alpha per arm"})
+    seq_content: int = field(default=3, metadata={"help": "(e, f) content tokens besides EOS (responses: sum C**k)"})
+    seq_horizon: int = field(default=6, metadata={"help": "(e, f) most actions per response, EOS included"})
+    seq_logit_std: float = field(default=1.0, metadata={"help": "(e, f) std of pi_ref's i.i.d. normal logits"})
+    seq_eos_bias: float = field(default=0.0, metadata={"help": "(e, f) added to EOS's logit in pi_ref"})
+    seq_value_mean: float = field(
+        default=27.0, metadata={"help": "(e, f) mean soft value V(s) of the LM's logits (SmolLM2-135M: ~27 nats)"})
+    seq_value_std: float = field(default=1.0, metadata={"help": "(e, f) std of V(s) across states"})
+    sharpen_betas: str = field(default="10,1,0.1,0.01", metadata={"help": "(e) KL coefficients beta"})
+    shaping_gammas: str = field(default="1,0.99,0.93,0.8,0.5", metadata={"help": "(f) discounts gamma"})
+    shaping_betas: str = field(default="1,0.1", metadata={"help": "(f) beta of the KL-regularised optimum"})
+    shaping_phi_std: float = field(default=1.0, metadata={"help": "(f) std of the random potential Phi(s)"})
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -59,11 +73,17 @@ class Config:
             self.recovery_horizon, self.recovery_sizes = 4, "30,300,3000"
             self.tv_horizons, self.tv_noise, self.tv_mle_sizes = "2,3,4", "0.05,0.2", "100,1000"
             self.horizons, self.mlp_steps, self.fp_horizon, self.fp_iters = "2,3,4,5", 60, 4, 2
+            self.seq_horizon = min(self.seq_horizon, 4)
         unknown = [e for e in self._experiments() if e not in EXPERIMENTS]
         if unknown:
             raise ValueError(f"--experiments: unknown {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        if any(not b > 0 for b in _floats(self.sharpen_betas) + _floats(self.shaping_betas)):
+            raise ValueError(f"--sharpen-betas / --shaping-betas must be > 0, got {self.sharpen_betas!r}, "
+                             f"{self.shaping_betas!r}")
+        if any(not 0 < g <= 1 for g in _floats(self.shaping_gammas)):
+            raise ValueError(f"--shaping-gammas must be in (0, 1], got {self.shaping_gammas!r}")
 
     def _experiments(self) -> list[str]:
         return [e.strip() for e in self.experiments.split(",") if e.strip()]
@@ -79,9 +99,27 @@ def _floats(s: str) -> list[float]:
 
 def _write_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        names = list(dict.fromkeys(k for r in rows for k in r))  # rows may differ (pi_ref's has no error columns)
+        w = csv.DictWriter(fh, fieldnames=names)
         w.writeheader()
         w.writerows(rows)
+
+
+def _means(rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]) -> list[dict]:
+    """One dict per key tuple: the keys, then mean, sd and max of each value over seeds (for summary.json)."""
+    out = []
+    for k in sorted(P.group(rows, keys, values[0])):
+        d: dict = dict(zip(keys, k, strict=True))
+        for v in values:
+            a = P.group(rows, keys, v)[k]
+            d[v] = {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else None, "max": float(a.max())}
+        out.append(d)
+    return out
+
+
+def _json_beta(d: dict) -> dict:
+    """Strict JSON has no Infinity: pi_ref's row (beta = inf) is written with beta "inf"."""
+    return {**d, "beta": d["beta"] if math.isfinite(d["beta"]) else "inf"}
 
 
 def _slopes(rows: list[dict], x: str, y: str, where: dict, normalise: str | None = None) -> dict:
@@ -100,7 +138,7 @@ def run(config: Config) -> int:
     out.mkdir(parents=True, exist_ok=True)
     figs.mkdir(parents=True, exist_ok=True)
     seeds = list(range(config.seeds))
-    summary: dict = {"config": asdict(config), "seconds": {}, "slopes": {}, "checks": {}}
+    summary: dict = {"config": asdict(config), "seconds": {}, "slopes": {}, "checks": {}, "tables": {}}
     V, a, sc = config.vocab, config.alpha, config.reward_scale
     t_all = time.perf_counter()
 
@@ -158,6 +196,45 @@ def run(config: Config) -> int:
                     summary["checks"][f"rl_subopt_nonzero_fraction_{kind}_{level:g}"] = float(
                         np.mean([r["rl_hard_subopt"] > 1e-9 for r in sub]))
             summary["slopes"]["var_return_expert_vs_H"] = _slopes(rows, "H", "var_return_expert", {"kind": "mle"})
+        elif name == "sharpening":
+            rows, secs = E.timed(E.exp_sharpening, seeds, config.seq_content, config.seq_horizon, a, config.seq_logit_std,
+                                 config.seq_eos_bias, config.seq_value_mean, config.seq_value_std,
+                                 _floats(config.sharpen_betas))
+            cols = ("exponent", "mean_len", "mode_mass", "mode_len", "p_len1", "entropy")
+            errs = ("gibbs_vs_sharpened", "token_vs_sharpened", "endorm_vs_sharpened", "objective_gap")
+            print(f"\n(e) KL-regularised optimum of the gamma = 1 endogenous reward, C={config.seq_content}+EOS "
+                  f"H<={config.seq_horizon}, alpha={a}, mean±sd over {len(seeds)} seeds (beta = inf: pi_ref)")
+            print(P.table(rows, ("beta",), cols))
+            opt = [r for r in rows if math.isfinite(r["beta"])]
+            print(P.table(opt, ("beta",), errs))
+            summary["tables"][name] = {
+                "by_beta": [_json_beta(d) for d in _means(rows, ("beta",), cols) + _means(opt, ("beta",), errs)],
+                "rows": [_json_beta(r) for r in rows]}
+            for e in errs:
+                summary["checks"][f"sharpening_max_{e}"] = max(r[e] for r in opt)
+        elif name == "shaping":
+            betas = _floats(config.shaping_betas)
+            cols = ("ref_mean_len",) + tuple(f"mean_len_b{b:g}" for b in betas) + tuple(f"tv_shaped_b{b:g}" for b in betas)
+            flips = ("flips", "flip_frac", "flip_prob_ref", "shift_spread", "flips_vs_logprob", "flip_prob_ref_vs_logprob")
+            errs = ("identity_err", "shift_err", "endorm_err") + tuple(f"token_err_b{b:g}" for b in betas)
+            vms = sorted({0.0, config.seq_value_mean})
+            rows, secs = E.timed(E.exp_shaping, seeds, config.seq_content, config.seq_horizon, a, config.seq_logit_std,
+                                 config.seq_eos_bias, vms, config.seq_value_std, config.shaping_phi_std,
+                                 _floats(config.shaping_gammas), betas)
+            print(f"\n(f) gamma < 1: shaping flips and the discounted optimum, C={config.seq_content}+EOS "
+                  f"H<={config.seq_horizon}, Phi ~ N(0, {config.shaping_phi_std}), mean±sd over {len(seeds)} seeds")
+            print(P.table(rows, ("value_mean", "gamma"), flips))
+            print(P.table(rows, ("value_mean", "gamma"), cols))
+            print(P.table(rows, ("value_mean", "gamma"), errs))
+            summary["tables"][name] = {"by_gamma": _means(rows, ("value_mean", "gamma"), flips + cols + errs)}
+            for e in errs:
+                summary["checks"][f"shaping_max_{e}"] = max(r[e] for r in rows)
+            one = [r for r in rows if r["gamma"] == 1.0]
+            if one:
+                summary["checks"]["shaping_flips_at_gamma1"] = sum(r["flips"] + r["flips_vs_logprob"] for r in one)
+                summary["checks"]["shaping_max_spread_at_gamma1"] = max(r["shift_spread"] for r in one)
+            for g in sorted({r["gamma"] for r in rows if r["gamma"] < 1.0}):
+                summary["checks"][f"shaping_min_flips_at_gamma{g:g}"] = min(r["flips"] for r in rows if r["gamma"] == g)
         else:  # fixed_point
             rows, secs = E.timed(E.exp_fixed_point, seeds, V, config.fp_horizon, a, sc, config.fp_demos, config.fp_iters,
                                  _floats(config.fp_temperatures), config.mlp_hidden, config.mlp_steps)

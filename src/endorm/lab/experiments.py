@@ -1,4 +1,6 @@
-"""The four lab experiments: exact numbers for arXiv 2506.23235's Proposition 1, Theorems 1-2, Section 3.3.
+"""The lab experiments: exact numbers for arXiv 2506.23235's Proposition 1, Theorems 1-2, Section 3.3
+(a-d), and for the KL-regularised optimum of the endogenous reward and the discount gamma (e-f, on the
+variable-length responses of ``endorm.lab.sequences``).
 
 Every quantity is computed exactly (dynamic programming over the prefix tree or enumeration of all
 ``V**H`` responses); randomness enters only through the ground-truth reward, the demonstrations and
@@ -25,6 +27,7 @@ import numpy as np
 
 from endorm.lab import fit as F
 from endorm.lab import mdp as M
+from endorm.lab import sequences as S
 
 Row = dict[str, float | int | str]
 
@@ -294,6 +297,127 @@ def exp_fixed_point(
                 f_prev, prev_rhat = f, r_hat
                 f = [qt / temp for qt in q]
                 logp = M.logpolicy_from_logits(f, alpha)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# (e) the KL-regularised optimum of the endogenous reward: pi_ref sharpened (gamma = 1)
+
+
+def _reference_lm(seed: int, content: int, horizon: int, alpha: float, logit_std: float, eos_bias: float,
+                  value_mean: float, value_std: float) -> tuple[M.Table, M.Table]:
+    """A random tabular pi_ref over EOS-terminated responses and LM logits for it whose soft values
+    V(s) are i.i.d. N(value_mean, value_std). Returns (log pi_ref table, logits table)."""
+    rng = np.random.default_rng([seed, 23])
+    logp_ref = S.make_reference(content, horizon, rng, logit_std, eos_bias)
+    values = [rng.normal(value_mean, value_std, size=content**t) for t in range(horizon)]
+    return logp_ref, S.logits_with_values(logp_ref, values, alpha)
+
+
+def _length_stats(logq: np.ndarray, lengths: np.ndarray) -> Row:
+    q = np.exp(logq)
+    top = int(np.argmax(q))
+    return {"mean_len": float(q @ lengths), "mode_mass": float(q[top]), "mode_len": int(lengths[top]),
+            "p_len1": float(q[lengths == 1].sum()), "entropy": float(-np.sum(np.where(q > 0, q * logq, 0.0)))}
+
+
+def exp_sharpening(
+    seeds: list[int], content: int, horizon: int, alpha: float, logit_std: float, eos_bias: float,
+    value_mean: float, value_std: float, betas: list[float],
+) -> list[Row]:
+    """The optimum of E_pi[R] - beta KL(pi || pi_ref) for R = the gamma = 1 endogenous reward of pi_ref's own
+    logits, three ways: the Gibbs form pi_ref exp(R/beta)/Z over all responses, the sharpened form
+    pi_ref^(1+alpha/beta)/Z, and token-level soft value iteration on the per-token rewards r_t (which carry
+    the value terms V(s_t) - V(s_{t+1})). One row per seed and beta, plus beta = inf for pi_ref itself.
+    """
+    rows: list[Row] = []
+    for seed in seeds:
+        logp_ref, f = _reference_lm(seed, content, horizon, alpha, logit_std, eos_bias, value_mean, value_std)
+        tokens, states, mask = S.enumerate_sequences(content, horizon)
+        lengths = mask.sum(axis=1)
+        logq_ref = S.gather_actions(logp_ref, tokens, states, mask).sum(axis=1)
+        r = S.endogenous_rewards(f, alpha)
+        R = S.discounted_outcome(S.gather_actions(r, tokens, states, mask), mask, 1.0)
+        R_endorm = S.outcome_via_endorm(f, alpha, tokens, states, mask, "sum", 1.0)
+        rows.append({"seed": seed, "beta": math.inf, "exponent": 1.0, **_length_stats(logq_ref, lengths)})
+        for beta in betas:
+            sharp = S.sharpened(logq_ref, alpha, beta)
+            p_sharp = np.exp(sharp)
+            logpi, v_root = S.kl_token_solution(logp_ref, r, beta)
+            token = S.gather_actions(logpi, tokens, states, mask).sum(axis=1)
+            rows.append({
+                "seed": seed, "beta": beta, "exponent": 1.0 + alpha / beta, **_length_stats(sharp, lengths),
+                "gibbs_vs_sharpened": float(np.abs(np.exp(S.gibbs_optimum(logq_ref, R, beta)) - p_sharp).max()),
+                "token_vs_sharpened": float(np.abs(np.exp(token) - p_sharp).max()),
+                # float32 endorm.rewards outcome in the Gibbs form: its rounding, magnified by 1/beta
+                "endorm_vs_sharpened": float(np.abs(np.exp(S.gibbs_optimum(logq_ref, R_endorm, beta)) - p_sharp).max()),
+                # the optimum's value: V(root) of the token solution = the objective at the sharpened policy
+                "objective_gap": abs(v_root - S.kl_objective(sharp, logq_ref, R, beta)),
+            })
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# (f) gamma < 1: the value charge, and potential shaping that no longer telescopes
+
+
+def exp_shaping(
+    seeds: list[int], content: int, horizon: int, alpha: float, logit_std: float, eos_bias: float,
+    value_means: list[float], value_std: float, phi_std: float, gammas: list[float], betas: list[float],
+) -> list[Row]:
+    """Per seed, mean soft value and gamma: the value-charge identity against the direct discounted sum
+    (float64, and endorm.rewards' float32 ``discounted`` aggregation); shaping by a random potential
+    Phi ~ N(0, phi_std) per state (Phi(terminal) = 0): the shift of every outcome against the formula, its
+    spread over responses (0 means a per-prompt constant), ranking flips over all pairs; flips between the
+    endogenous outcome and the discounted log-probabilities alone (the shaping Phi = V); and the
+    KL-regularised optimum of the discounted outcome at each beta: expected length, checked against the
+    token-level solution on the per-token rewards gamma^(t-1) r_t, and its TV distance to the optimum of
+    the shaped outcome.
+    """
+    rows: list[Row] = []
+    tokens, states, mask = S.enumerate_sequences(content, horizon)
+    lengths = mask.sum(axis=1)
+    for seed in seeds:
+        for vm in value_means:
+            logp_ref, f = _reference_lm(seed, content, horizon, alpha, logit_std, eos_bias, vm, value_std)
+            phi = [np.random.default_rng([seed, 29, t]).normal(0.0, phi_std, size=content**t) for t in range(horizon)]
+            r = S.endogenous_rewards(f, alpha)
+            r_shaped = S.shape(r, phi)
+            logp = S.gather_actions(logp_ref, tokens, states, mask)  # [B, H]
+            logq_ref = logp.sum(axis=1)
+            q_ref = np.exp(logq_ref)
+            values = S.gather_states(S.soft_values(f, alpha), states, mask)
+            phi_path = S.gather_states(phi, states, mask)
+            r_path = S.gather_actions(r, tokens, states, mask)
+            rs_path = S.gather_actions(r_shaped, tokens, states, mask)
+            for gamma in gammas:
+                R = S.discounted_outcome(r_path, mask, gamma)
+                R_shaped = S.discounted_outcome(rs_path, mask, gamma)
+                R_logprob = alpha * S.discounted_outcome(logp, mask, gamma)
+                shift = R_shaped - R
+                n_flip, n_pairs, p_flip = S.ranking_flips(R, R_shaped, q_ref)
+                n_flip_lp, _, p_flip_lp = S.ranking_flips(R, R_logprob, q_ref)
+                row: Row = {
+                    "seed": seed, "value_mean": vm, "gamma": gamma, "pairs": n_pairs,
+                    "identity_err": float(np.abs(R - S.value_charge_outcome(logp, values, mask, alpha, gamma)).max()),
+                    "endorm_err": float(np.abs(
+                        R - S.outcome_via_endorm(f, alpha, tokens, states, mask, "discounted", gamma)).max()),
+                    "shift_err": float(np.abs(shift - S.shaping_shift(phi_path, mask, gamma)).max()),
+                    "shift_spread": float(np.ptp(shift)),
+                    "flips": n_flip, "flip_frac": n_flip / n_pairs, "flip_prob_ref": p_flip,
+                    "flips_vs_logprob": n_flip_lp, "flip_prob_ref_vs_logprob": p_flip_lp,
+                    "ref_mean_len": float(q_ref @ lengths),
+                }
+                weighted = [gamma**t * rt for t, rt in enumerate(r)]  # what reward_terms puts on token t
+                for beta in betas:
+                    opt = S.gibbs_optimum(logq_ref, R, beta)
+                    logpi, _ = S.kl_token_solution(logp_ref, weighted, beta)
+                    token = S.gather_actions(logpi, tokens, states, mask).sum(axis=1)
+                    opt_shaped = np.exp(S.gibbs_optimum(logq_ref, R_shaped, beta))
+                    row[f"mean_len_b{beta:g}"] = float(np.exp(opt) @ lengths)
+                    row[f"token_err_b{beta:g}"] = float(np.abs(np.exp(token) - np.exp(opt)).max())
+                    row[f"tv_shaped_b{beta:g}"] = float(0.5 * np.abs(opt_shaped - np.exp(opt)).sum())
+                rows.append(row)
     return rows
 
 
