@@ -62,6 +62,9 @@ class Config:
         "help": "float32 | int8: the model that generates (int8: dynamic int8 linear layers, faster on a CPU, "
                 "changes the samples slightly); scoring always uses the --dtype model"})
     greedy_baseline: bool = field(default=True, metadata={"help": "with --select: also a greedy pass (baseline)"})
+    greedy_from: str | None = field(default=None, metadata={
+        "help": "with --select: take the greedy baseline from this math-eval JSONL (a greedy run over the same "
+                "problems) instead of a new pass"})
     split_seed: int = field(default=0, metadata={"help": "seed of the dev / test halves of the best-of-N report"})
 
 
@@ -144,7 +147,13 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
     from endorm.mathx.generate import build_prompt
 
     greedy = None
-    if config.greedy_baseline:
+    if config.greedy_from:
+        greedy = [json.loads(line) for line in Path(config.greedy_from).read_text().splitlines() if line.strip()]
+        missing = {r["id"] for r in records} - {g["id"] for g in greedy}
+        if missing:
+            raise ValueError(f"--greedy_from {config.greedy_from}: {len(missing)} of this run's problems are not in it "
+                             f"(e.g. {sorted(missing)[0]!r})")
+    elif config.greedy_baseline:
         gpath = folder / f"{bench}.greedy.jsonl"
         _generate_file(config, gpath, problems, model, sampler, tok, 0.0, 1)
         greedy = [json.loads(line) for line in gpath.read_text().splitlines() if line.strip()]

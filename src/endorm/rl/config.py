@@ -60,6 +60,17 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda (auto: cuda when available)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU); float32 otherwise"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank through peft (0 = full fine-tuning); the KL reference "
+                                             "is then the base with the adapter disabled"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={
+        "help": "comma-separated module names LoRA adapts, or all-linear"})
+    rollout_sampler: str = field(default="policy", metadata={
+        "help": "policy (TRL's generation) | int8 (an int8 copy of the current policy, rebuilt each step, static "
+                "KV cache: faster on a CPU, slightly off-policy; endorm.rl.rollout)"})
+    cache_implementation: str | None = field(default=None, metadata={
+        "help": "KV cache of TRL's own generation (e.g. static: faster on a CPU, same samples)"})
     report_to: str = field(default="none", metadata={"help": "transformers report_to (none | tensorboard | wandb)"})
 
     def __post_init__(self) -> None:
@@ -78,3 +89,9 @@ class TrainConfig:
             raise ValueError("alpha must be > 0")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.lora_r < 0:
+            raise ValueError("lora_r must be >= 0 (0 = full fine-tuning)")
+        from endorm.rl.rollout import ROLLOUT_SAMPLERS
+
+        if self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(f"rollout_sampler: unknown {self.rollout_sampler!r}; use one of {', '.join(ROLLOUT_SAMPLERS)}")

@@ -85,6 +85,7 @@ def build_grpo_config(cfg: TrainConfig) -> Any:
         **{ckpt: cfg.gradient_checkpointing},
         report_to=cfg.report_to,
         model_init_kwargs={"dtype": "bfloat16" if cfg.bf16 and not use_cpu else "float32"},
+        cache_implementation=cfg.cache_implementation,
         disable_dropout=True,
         log_completions=False,
         dataloader_num_workers=0,
@@ -97,7 +98,6 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     ``reward_model`` (an EndogenousRewardModel) overrides loading the frozen copy."""
     _require_trl()
     from transformers import AutoTokenizer
-    from trl import GRPOTrainer
 
     from endorm.integrations.trl import EndogenousRewardFunction
     from endorm.models import resolve
@@ -123,8 +123,24 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     args = build_grpo_config(cfg)
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    return GRPOTrainer(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
-                       processing_class=tok, callbacks=cbs)
+    from endorm.rl.rollout import rollout_trainer_class
+
+    trainer_cls = rollout_trainer_class(cfg.rollout_sampler)
+    return trainer_cls(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
+                       processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
+
+
+def lora_config(cfg: TrainConfig) -> Any:
+    """peft's LoraConfig for ``cfg.lora_r > 0`` (None = full fine-tuning)."""
+    if cfg.lora_r == 0:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError as e:
+        raise ImportError("lora_r > 0 needs peft: pip install 'endorm[rl]'") from e
+    targets = cfg.lora_target_modules.strip()
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
 
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:

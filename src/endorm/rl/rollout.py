@@ -1,0 +1,85 @@
+"""Faster GRPO rollouts on a CPU: sample from an int8 copy of the current policy.
+
+On a CPU the rollouts are most of a GRPO step (benchmarks/sampling_speed.py). ``rollout_trainer_class``
+returns a subclass of TRL's GRPOTrainer whose plain-transformers generation path samples from a copy of the
+policy with LoRA merged in and every ``nn.Linear`` quantised to int8 (dynamic activation scales), rebuilt
+once per optimizer step, with a static KV cache. Everything else (rewards, reference and policy
+log-probabilities, the loss) is TRL's, in float32.
+
+What it changes: the rollouts come from a slightly different policy than the one being trained (the
+per-token KL between the two is measured by ``benchmarks/sampling_speed.py --kl``). TRL treats them as
+on-policy, as it does vLLM's rollouts when its importance-sampling correction is off; with one update per
+batch (``num_iterations=1``) the ratio in the loss is 1 either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+__all__ = ["ROLLOUT_SAMPLERS", "quantized_copy", "rollout_trainer_class"]
+
+ROLLOUT_SAMPLERS = ("policy", "int8")
+
+
+def quantized_copy(model: Any) -> Any:
+    """An inference copy of ``model`` (a PeftModel is merged first) with int8 dynamic ``nn.Linear`` layers."""
+    import torch
+
+    src = model
+    if hasattr(src, "merge_and_unload"):  # peft: merge into a copy, leave the training model alone
+        src = copy.deepcopy(src).merge_and_unload()
+    else:
+        src = copy.deepcopy(src)
+    src.eval()
+    with warnings.catch_warnings():  # torch.ao's deprecation notice
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(src, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def rollout_trainer_class(sampler: str) -> type:
+    """TRL's GRPOTrainer, or its subclass that samples rollouts from ``quantized_copy`` (``sampler='int8'``)."""
+    from trl import GRPOTrainer
+
+    if sampler == "policy":
+        return GRPOTrainer
+    if sampler != "int8":
+        raise ValueError(f"rollout sampler: unknown {sampler!r}; use one of {', '.join(ROLLOUT_SAMPLERS)}")
+
+    class Int8RolloutGRPOTrainer(GRPOTrainer):
+        _sampler: Any = None
+        _sampler_step: int = -1
+
+        def _rollout_model(self) -> Any:
+            step = self.state.global_step
+            if self._sampler is None or self._sampler_step != step:
+                self._sampler = None  # free the old copy before building the new one
+                self._sampler = quantized_copy(self.accelerator.unwrap_model(self.model))
+                self._sampler_step = step
+            return self._sampler
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                                  has_tool_images=False):
+            import torch
+            from trl.trainer.utils import pad
+
+            if self.use_vllm or self.use_transformers_continuous_batching or images or multimodal_fields:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            tensors = [torch.tensor(ids) for ids in prompt_ids]
+            ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left")  # [B, P]
+            attn = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")  # [B, P]
+            gen_cfg = copy.deepcopy(self.generation_config)
+            gen_cfg.cache_implementation = "static"
+            with torch.no_grad():
+                out = self._rollout_model().generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg)
+            completions = out[:, ids.shape[1] :]  # [B, C]
+            eos = torch.isin(completions, torch.tensor(self.eos_token_ids))  # [B, C]
+            result = []
+            for row, hit in zip(completions.tolist(), eos.tolist(), strict=True):
+                cut = hit.index(True) + 1 if True in hit else len(row)  # keep the end token, drop what follows
+                result.append(row[:cut])
+            return result, None
+
+    return Int8RolloutGRPOTrainer

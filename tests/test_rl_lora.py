@@ -1,0 +1,87 @@
+"""GRPO with LoRA (peft) and int8 rollouts (endorm.rl.rollout) on the tiny model built in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from endorm import EndogenousRewardModel
+from endorm.rl.config import TrainConfig
+from endorm.testing import tiny_model_and_tokenizer
+
+ROWS = [
+    {"question": "What is 6 times 7?", "answer": "6*7=42\n#### 42"},
+    {"question": "What is 2 plus 3?", "answer": "2+3=5\n#### 5"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    d = tmp_path_factory.mktemp("tiny-lora")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    data = d / "gsm8k_tiny.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return d, data
+
+
+def test_quantized_copy_merges_lora_and_leaves_the_policy_alone():
+    from peft import LoraConfig, get_peft_model
+
+    from endorm.rl.rollout import quantized_copy
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        want = peft_model(x).logits
+        q = quantized_copy(peft_model)
+        got = q(x).logits
+        without_lora = peft_model.get_base_model()
+        with peft_model.disable_adapter():
+            base = without_lora(x).logits
+    assert isinstance(q.model.layers[0].self_attn.q_proj, torch.ao.nn.quantized.dynamic.Linear)
+    # the copy carries the adapter (it is nearer the LoRA model than the base) and int8 moves logits only a little
+    assert (got - want).abs().max() < (got - base).abs().max()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    # the training model still has its adapter, unmerged
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+
+
+def test_lora_grpo_with_int8_rollouts(tiny_dir, tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    import endorm.rl.rollout as rollout
+    from endorm.rl.trainer import train
+
+    calls = []
+    real = rollout.quantized_copy
+    monkeypatch.setattr(rollout, "quantized_copy", lambda m: calls.append(1) or real(m))
+    model_dir, data = tiny_dir
+    cfg = TrainConfig(reward="endogenous", dataset=str(data), output_dir=str(tmp_path / "run"), max_steps=2,
+                      num_generations=2, per_device_train_batch_size=4, max_completion_length=8, learning_rate=1e-2,
+                      save_steps=1000, seed=0, prompt_template="plain", lora_r=4, rollout_sampler="int8")
+    m, t = tiny_model_and_tokenizer(seed=0)
+    final = train(cfg, model_path=str(model_dir), reward_model=EndogenousRewardModel.from_model(m, t))
+    assert len(calls) == 2  # one int8 copy per optimizer step
+    assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(final / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and max(v.abs().max().item() for v in lora_b) > 0  # B starts at 0; training moved it
+    assert not any("lora" not in k for k in weights)  # only the adapter is saved
+
+
+def test_lora_config_validation():
+    with pytest.raises(ValueError, match="lora_r"):
+        TrainConfig(lora_r=-1)
+    with pytest.raises(ValueError, match="rollout_sampler"):
+        TrainConfig(rollout_sampler="fp8")
+    from endorm.rl.trainer import lora_config
+
+    assert lora_config(TrainConfig()) is None
+    lc = lora_config(TrainConfig(lora_r=8, lora_target_modules="q_proj, v_proj"))
+    assert lc.r == 8 and set(lc.target_modules) == {"q_proj", "v_proj"}
