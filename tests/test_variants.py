@@ -2,6 +2,7 @@
 direct scoring gives, the sidecar survives a crash, and the pre-registered split and rule are fixed."""
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -53,15 +54,34 @@ def test_expand_names_and_parse():
         V.expand("sum", 1, "reverse")
 
 
-def test_split_is_fixed_and_balanced(shared_data):
-    ids = [it.id for it in load_rmbench(shared_data / "rm-bench")]
-    dev = [i for i in ids if V.split_of(i) == "dev"]
-    assert 0.45 < len(dev) / len(ids) < 0.55
-    assert V.split_of("rm-bench/chat/0") == V.split_of("rm-bench/chat/0")
-    # the pre-registered salt: this exact assignment is what docs/RESULTS.md's rule refers to
-    assert [V.split_of(f"rm-bench/chat/{k}") for k in range(6)] == \
-           [V.split_of(f"rm-bench/chat/{k}") for k in range(6)]
-    assert V.SPLIT_SALT == "endorm-split-v1"
+# (item id, split) as the pre-registered study used them (docs/RESULTS.md, rule item 2): the first RM-Bench
+# prompts of each domain in the shared data, DSP queries, and ids the tests here build
+SPLIT_PINS = [
+    ("rm-bench/chat/8", "dev"), ("rm-bench/chat/12", "dev"), ("rm-bench/chat/18", "dev"),
+    ("rm-bench/chat/22", "test"), ("rm-bench/chat/26", "test"), ("rm-bench/chat/29", "dev"),
+    ("rm-bench/chat/31", "dev"),
+    ("rm-bench/code/8", "test"), ("rm-bench/code/10", "test"), ("rm-bench/code/20", "dev"),
+    ("rm-bench/code/30", "test"), ("rm-bench/code/32", "dev"), ("rm-bench/code/34", "dev"),
+    ("rm-bench/code/42", "test"),
+    ("rm-bench/safety/2952", "dev"), ("rm-bench/safety/2953", "test"), ("rm-bench/safety/2954", "test"),
+    ("rm-bench/safety/2955", "dev"), ("rm-bench/safety/2956", "test"), ("rm-bench/safety/2957", "test"),
+    ("rm-bench/safety/2958", "dev"),
+    ("dsp/0", "dev"), ("dsp/1", "test"), ("dsp/2", "dev"), ("dsp/3", "dev"), ("dsp/4", "dev"), ("dsp/5", "test"),
+    ("rm-bench/chat/0", "test"), ("rm-bench/chat/1", "test"), ("rm-bench/chat/2", "test"), ("rm-bench/chat/3", "dev"),
+]
+
+
+def test_split_is_the_pre_registered_one():
+    assert [(i, V.split_of(i)) for i, _ in SPLIT_PINS] == SPLIT_PINS
+
+
+def test_split_counts_are_the_reported_ones(shared_data):
+    """docs/RESULTS.md: the full shared RM-Bench (798 prompts) splits 397 dev (chat 65, code 110, safety 222)
+    / 401 test."""
+    items = load_rmbench(shared_data / "rm-bench")
+    assert len(items) == 798
+    assert Counter((it.domain, V.split_of(it.id)) for it in items) == {("chat", "dev"): 65, ("chat", "test"): 64, ("code", "dev"): 110, ("code", "test"): 118,
+                 ("safety", "dev"): 222, ("safety", "test"): 219}
 
 
 def test_stats_file_roundtrip_and_torn_tail(tmp_path):
