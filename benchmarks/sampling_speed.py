@@ -15,7 +15,9 @@ Each setting generates greedily for the same prompts at batch sizes from ``--bat
 new tokens/s (real tokens only: rows that have finished are not counted while they wait for the batch),
 and, against ``fp32`` at the same batch size, the share of prompts whose greedy token ids are identical and
 the mean index of the first different token. Only settings whose outputs are identical change nothing but
-speed; the others say what they change.
+speed; the others say what they change, measured as well by ``--kl``: the mean per-token KL(pi_fp32 || pi_setting)
+of the next-token distributions along fp32's own greedy completions (teacher-forced, so it does not depend on
+where two greedy decodes part).
 
     python benchmarks/sampling_speed.py --model qwen2.5-coder-0.5b-instruct --settings fp32 static bf16 int8 \
         --batch-sizes 1 8 16 --prompts 16 --max-new-tokens 128 --json records/sampling/speed_0.5b.json
@@ -71,6 +73,22 @@ def _generate(model, tok, prompts: list[str], batch_size: int, max_new_tokens: i
     return outs, time.perf_counter() - t0
 
 
+def _mean_kl(ref, model, tok, prompts: list[str], completions: list[list[int]]) -> float:
+    """Mean over completion tokens of KL(pi_ref(.|s_t) || pi_model(.|s_t)), teacher-forced on ``completions``."""
+    import torch
+
+    total, n = 0.0, 0
+    for p, c in zip(prompts, completions, strict=True):
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        x = torch.tensor([ids + c])
+        with torch.inference_mode():
+            a = torch.log_softmax(ref(x).logits[0, len(ids) - 1 : -1].float(), -1)  # [n, V]
+            b = torch.log_softmax(model(x).logits[0, len(ids) - 1 : -1].float(), -1)  # [n, V]
+        total += float((a.exp() * (a - b)).sum(-1).sum())
+        n += len(c)
+    return round(total / max(n, 1), 5)
+
+
 def _first_diff(a: list[int], b: list[int]) -> int | None:
     for j, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
@@ -92,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--kl", action="store_true", help="also the per-token KL from fp32 (needs fp32 first)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     problems = load_benchmark("gsm8k", limit=a.prompts, seed=1)
     rows, reference = [], {}
+    ref_model = None
     for setting in a.settings:
         model, tok = _load(a.model, setting)
         prompts = [build_prompt(tok, p.question, "boxed") for p in problems]
@@ -119,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["identical_to_batch1"] = same
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if a.kl and setting != "fp32" and ref_model is not None:
+            kl = _mean_kl(ref_model, model, tok, prompts, reference[max(reference)])
+            for r in rows:
+                if r["setting"] == setting:
+                    r["kl_from_fp32"] = kl
+            print(json.dumps({"setting": setting, "kl_from_fp32": kl}), flush=True)
+        if setting == "fp32" and a.kl:
+            ref_model = model
         del model
     base = {r["batch_size"]: r["tokens_per_s"] for r in rows if r["setting"] == "fp32"}
     print(f"\n{'setting':<9} {'batch':>5} {'tok/s':>8} {'x fp32':>7} {'identical':>9}")
