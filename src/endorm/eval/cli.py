@@ -5,15 +5,17 @@ of 20 prompts per RM-Bench domain with two methods on the default model and writ
 ``--output-dir``: ``examples.jsonl`` (every score of every item; the run resumes from it),
 ``results.json`` (accuracies by domain / difficulty / subset, n, settings, time), ``table.md`` (laid
 out like the paper's Table 1 or Table 2) and ``plot.png``. ``--merge dirA,dirB`` combines finished
-runs of one benchmark into one table and plot without loading a model.
+runs of one benchmark into one table and plot without loading a model; ``--scaling dirA,dirB,...`` draws
+finished RM-Bench runs of several models into one scaling table and figure (``endorm.eval.scaling``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,11 @@ class Config:
     plot: bool = field(default=True, metadata={"help": "write plot.png"})
     merge: str | None = field(default=None, metadata={
         "help": "comma-separated finished run dirs (or results.json files) to combine; no model is loaded"})
+    scaling: str | None = field(default=None, metadata={
+        "help": "comma-separated finished RM-Bench run dirs of one or more models: write scaling.json/.md/.png "
+                "(accuracy and shorter-wins share against model size for sum, the default and the best judge, "
+                "beside the paper's 7B) into --output-dir; --domains picks the domains (default chat,safety); "
+                "no model is loaded"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -103,6 +110,17 @@ def parse_methods(spec: str) -> list[str]:
 
 def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def command_line(cfg: Config) -> str:
+    """``endorm eval`` with every flag that differs from its default: the command that wrote a run's JSON
+    (records/README.md). Parsing it back gives ``cfg`` again."""
+    parts = ["endorm eval"]
+    for f in fields(Config):
+        v = getattr(cfg, f.name)
+        if f.name != "progress" and v != f.default:
+            parts.append(f"--{f.name.replace('_', '-')} " + shlex.quote(str(v).lower() if isinstance(v, bool) else str(v)))
+    return " ".join(parts)
 
 
 def variants_of(cfg: Config) -> list:
@@ -156,7 +174,7 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
 
     if cfg.reaggregate:
         out = cfg.output_dir if cfg.output_dir != Config.output_dir else None
-        res = reaggregate(cfg.reaggregate, variants_of(cfg), out)
+        res = reaggregate(cfg.reaggregate, variants_of(cfg), out, command=command_line(cfg))
         target = Path(out or cfg.reaggregate)
         print((target / "variants.md").read_text())
         if res["chosen"]:
@@ -164,8 +182,17 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
         print(f"wrote {target / 'variants.json'}, {target / 'variants.md'}")
         return 0
     out_dir = Path(cfg.output_dir)
+    if cfg.scaling:
+        from endorm.eval import scaling
+
+        paths = scaling.write(_split(cfg.scaling) or [], out_dir, _split(cfg.domains) or list(scaling.DOMAINS),
+                              command_line(cfg), cfg.plot)
+        print(paths["table"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     if cfg.merge:
         summary = report.merge(_split(cfg.merge) or [])
+        summary["command"] = command_line(cfg)
         paths = report.write_outputs(summary, out_dir, cfg.plot)
         print(report.markdown(summary))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -196,6 +223,8 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
         if diff:
             raise ValueError(f"--resume: {out_dir} was run with other settings ({', '.join(diff)}); "
                              "use another --output-dir or --overwrite")
+        if "model_params" in old:  # a resume that loads no model keeps the count the run measured
+            settings["model_params"] = old["model_params"]
     t_start = time.perf_counter()
     systems = [name for name, _ in systems_for(items, _split(cfg.dsp_systems) or DSP_DOMAINS)]
     wanted = {record_key(m, it.id, s) for m in methods for it in items for s in systems}
@@ -208,7 +237,8 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     elapsed = time.perf_counter() - t_start
     recs = [r for r in read_records(records_path) if r["key"] in wanted]
     summary = {
-        "benchmark": cfg.benchmark, "model": model_name, "methods": report.summarize(recs),
+        "command": command_line(cfg), "benchmark": cfg.benchmark, "model": model_name,
+        "model_params": settings.get("model_params"), "methods": report.summarize(recs),
         "n_items": len(items), "subset": f"seeded random subset, --limit {cfg.limit} --seed {cfg.seed}"
         if cfg.limit else "all items", "tie_rule": M.TIE_RULE, "settings": settings,
         "elapsed_s_this_invocation": round(elapsed, 1), "new_records": n_new,
@@ -218,7 +248,7 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     print(report.markdown(summary))
     written = [records_path, *paths.values()]
     if "endorm" in methods and cfg.token_stats and len(variants_of(cfg)) > 1:
-        reaggregate(out_dir, variants_of(cfg))
+        reaggregate(out_dir, variants_of(cfg), command=command_line(cfg))
         print((out_dir / "variants.md").read_text())
         written += [out_dir / "variants.json", out_dir / "variants.md"]
     print("wrote " + ", ".join(str(p) for p in written))
@@ -239,6 +269,8 @@ def _score(cfg: Config, methods: list[str], items: list, records_path: Path, set
         done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
         base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
         loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}
+        # the scaling table's x axis (endorm.eval.scaling); tied weights count once
+        settings["model_params"] = sum(p.numel() for p in loaded["rm"].model.parameters())
         # only once the models load: a run that fails before scoring leaves the old run's settings
         (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         memo = StatsMemo()
