@@ -102,11 +102,11 @@ def _endorm_by_hand(run_dir, gamma: float):
     return recs, margins, lengths
 
 
-def _check(row: dict, hand: dict) -> None:
+def _check(row: dict, hand: dict, n: int = 5) -> None:
     for dom in ("chat", "safety"):
         assert row["domains"][dom]["acc"] == pytest.approx(hand[dom][0], abs=1e-9)
         assert row["domains"][dom]["se"] == pytest.approx(hand[dom][1], abs=1e-9)
-        assert row["domains"][dom]["n"] == hand[dom][2] == 5
+        assert row["domains"][dom]["n"] == hand[dom][2] == n
     assert (row["avg"], row["avg_se"]) == pytest.approx(hand["avg"], abs=1e-9)
     assert (row["shorter_wins"], row["shorter_wins_se"]) == pytest.approx(hand["shorter"][:2], abs=1e-9)
     assert row["n_decided_unequal_length"] == hand["shorter"][2]
@@ -193,3 +193,18 @@ def test_a_resume_without_a_model_keeps_the_parameter_count(runs, tmp_path, monk
     assert run(c) == 0
     res = json.loads((tmp_path / "small" / "results.json").read_text())
     assert res["new_records"] == 0 and res["model_params"] == sizes["small"]
+
+
+def test_limit_counts_the_same_seeded_prompts(runs, tmp_path):
+    from endorm.eval.data import load_benchmark
+
+    tmp, _ = runs
+    data = tmp / "rmb.json"
+    assert main(["eval", "--scaling", f"{tmp / 'small'},{tmp / 'large-endorm'}", "--data", str(data),
+                 "--limit", "3", "--seed", "1", "--output-dir", str(tmp_path)]) == 0
+    ids = {it.id for it in load_benchmark("rm-bench", str(data), ["chat", "safety"], 3, 1)}
+    rows = {(r["model"], r["row"]): r for r in json.loads((tmp_path / "scaling.json").read_text())["rows"]}
+    recs, margins, lengths = _endorm_by_hand(tmp / "large-endorm", 0.93)
+    hand = _by_hand([r for r in recs if r["id"] in ids], margins, lengths)
+    _check(rows[("large", "discounted@0.93")], hand, n=3)
+    assert rows[("small", "best judge")]["domains"]["safety"]["n"] == 3

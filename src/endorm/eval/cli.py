@@ -91,8 +91,8 @@ class Config:
     scaling: str | None = field(default=None, metadata={
         "help": "comma-separated finished RM-Bench run dirs of one or more models: write scaling.json/.md/.png "
                 "(accuracy and shorter-wins share against model size for sum, the default and the best judge, "
-                "beside the paper's 7B) into --output-dir; --domains picks the domains (default chat,safety); "
-                "no model is loaded"})
+                "beside the paper's 7B) into --output-dir; --domains picks the domains (default chat,safety), "
+                "--limit/--seed/--data count only that seeded subset's prompts; no model is loaded"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -185,8 +185,10 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     if cfg.scaling:
         from endorm.eval import scaling
 
-        paths = scaling.write(_split(cfg.scaling) or [], out_dir, _split(cfg.domains) or list(scaling.DOMAINS),
-                              command_line(cfg), cfg.plot)
+        domains = _split(cfg.domains) or list(scaling.DOMAINS)
+        ids = ({it.id for it in load_benchmark("rm-bench", cfg.data, domains, cfg.limit, cfg.seed)}
+               if cfg.limit else None)  # the same seeded prompts for every model
+        paths = scaling.write(_split(cfg.scaling) or [], out_dir, domains, command_line(cfg), cfg.plot, ids)
         print(paths["table"].read_text())
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 0

@@ -15,8 +15,9 @@ the domains' as sqrt(sum se^2) / k, and the shorter-wins share is a ratio whose 
 (its comparisons are not independent). The paper's Qwen2.5-7B-Instruct EndoRM (its Table 1) is the
 reference point; it publishes no shorter-wins share.
 
-Simplifications: a model's rows may come from different runs, so from different prompt subsets (each row
-says its n); the judges' response lengths are the token counts of the same model's ``endorm`` records of the
+With ``--limit k`` (and ``--seed``, ``--data``) only the prompts of the seeded ``--limit k`` subset count, so
+every model is compared on the same prompts where its runs cover them. Simplifications: without it, a model's
+rows may come from different runs, so from different prompt subsets (each row says its n); the judges' response lengths are the token counts of the same model's ``endorm`` records of the
 same prompt, so a judge's shorter-wins share needs an ``endorm`` run of that model with token stats.
 """
 
@@ -105,9 +106,9 @@ def _params_from_registry(model: str | None) -> float | None:
     return float(spec.params[:-1]) * unit
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
+def read_run(run_dir: str | Path, ids: set[str] | None = None) -> dict[str, Any]:
     """A finished RM-Bench run: its model, parameter count and per-form records (``sum``, the default,
-    each judge), and its responses' token counts."""
+    each judge; only the items in ``ids`` when given), and its responses' token counts."""
     run_dir = Path(run_dir)
     res_path = run_dir / "results.json"
     if not res_path.is_file():
@@ -138,6 +139,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     for j in JUDGES:
         if any(r["method"] == j for r in recs):
             forms[j] = [r for r in recs if r["method"] == j]
+    if ids is not None:
+        forms = {f: [r for r in fr if r["id"] in ids] for f, fr in forms.items()}
     return {"run": str(run_dir), "model": res["model"], "params": float(params), "forms": forms, "lengths": lengths}
 
 
@@ -248,11 +251,12 @@ def plot(rows: Sequence[dict[str, Any]], domains: Sequence[str], path: str | Pat
 
 
 def write(run_dirs: Sequence[str | Path], out_dir: str | Path, domains: Sequence[str] = DOMAINS,
-          command: str | None = None, make_plot: bool = True) -> dict[str, Path]:
-    """Read the runs, write scaling.json (every figure, the runs, the command), scaling.md and scaling.png."""
+          command: str | None = None, make_plot: bool = True, ids: set[str] | None = None) -> dict[str, Path]:
+    """Read the runs, write scaling.json (every figure, the runs, the command), scaling.md and scaling.png.
+    ``ids``: count only these items (the seeded ``--limit`` subset)."""
     if not run_dirs:
         raise ValueError("--scaling: give at least one run directory")
-    rows = scaling_rows([read_run(d) for d in run_dirs], domains)
+    rows = scaling_rows([read_run(d, ids) for d in run_dirs], domains)
     if not rows:
         raise ValueError("--scaling: no sum, default or judge records in " + ", ".join(map(str, run_dirs)))
     out = Path(out_dir)
