@@ -208,3 +208,16 @@ def test_limit_counts_the_same_seeded_prompts(runs, tmp_path):
     hand = _by_hand([r for r in recs if r["id"] in ids], margins, lengths)
     _check(rows[("large", "discounted@0.93")], hand, n=3)
     assert rows[("small", "best judge")]["domains"]["safety"]["n"] == 3
+
+
+def test_a_run_without_token_stats_gives_its_own_form(runs, tmp_path):
+    tmp, _ = runs
+    model, tok = tiny_model_and_tokenizer(seed=0)
+    c = Config(benchmark="rm-bench", data=str(tmp / "rmb.json"), method="endorm", model="nostats", aggregation="sum",
+               gamma="1", token_stats=False, output_dir=str(tmp_path / "run"), progress=False, plot=False)
+    assert run(c, model, tok) == 0
+    rows = S.scaling_rows([S.read_run(tmp_path / "run")])
+    assert [r["row"] for r in rows] == ["sum"]  # the run's own form; the default needs the kept arrays
+    res = json.loads((tmp_path / "run" / "results.json").read_text())["methods"]["endorm"]["domains"]
+    assert rows[0]["domains"]["chat"]["acc"] == pytest.approx(res["chat"]["avg"])
+    assert math.isnan(rows[0]["shorter_wins"])  # no token counts without the arrays

@@ -24,7 +24,7 @@ from endorm.eval.data import BENCHMARKS, load_benchmark
 from endorm.eval.harness import read_records, record_key, systems_for  # noqa: F401 (read_records: re-export)
 from endorm.eval.methods import METHODS, NEEDS_EXTRA_MODEL, StatsMemo, build_method
 from endorm.eval.prompts import DSP_DOMAINS
-from endorm.eval.variants import STATS_FILE, expand, parse_list, reaggregate
+from endorm.eval.variants import STATS_FILE, expand, primary, reaggregate
 from endorm.reward_model import NEUTRAL_PROMPT, RewardConfig
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,7 @@ def variants_of(cfg: Config) -> list:
 
 def primary_variant(cfg: Config):
     """The variant of the main table's ``endorm`` row: the first aggregation, gamma and contrast."""
-    from endorm.eval.variants import Variant
-
-    aggs = parse_list(cfg.aggregation)
-    agg = RewardConfig.aggregation if aggs == ["all"] else aggs[0]
-    cons = parse_list(cfg.contrast)
-    return Variant(agg, parse_list(cfg.gamma, float)[0], "none" if cons == ["all"] else cons[0])
+    return primary(cfg.aggregation, cfg.gamma, cfg.contrast)
 
 
 def stored_contrasts(cfg: Config) -> list[str]:

@@ -32,7 +32,7 @@ from typing import Any
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.report import _f, _nan_to_none
-from endorm.eval.variants import Variant, shorter_counts, variant_records
+from endorm.eval.variants import Variant, primary, shorter_counts, variant_records
 from endorm.reward_model import RewardConfig
 
 DOMAINS = ("chat", "safety")
@@ -131,9 +131,9 @@ def read_run(run_dir: str | Path, ids: set[str] | None = None) -> dict[str, Any]
             forms[var.name] = vrecs
         lengths = {r["id"]: r["lengths"] for r in next(iter(by_variant.values()))}
     elif endo:  # no kept token stats: only the run's own form, if it is one of the two, and no lengths
-        from endorm.eval.cli import Config, primary_variant
-
-        name = primary_variant(Config(**{k: v for k, v in settings.items() if k in Config.__dataclass_fields__})).name
+        c = RewardConfig()
+        name = primary(settings.get("aggregation", c.aggregation), settings.get("gamma", c.gamma),
+                       settings.get("contrast", c.contrast)).name
         if name in ("sum", default_variant().name):
             forms[name] = endo
     for j in JUDGES:

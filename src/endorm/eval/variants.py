@@ -104,6 +104,13 @@ def expand(aggregations: Any, gammas: Any = DEFAULT_GAMMAS, contrasts: Any = ("n
     return out
 
 
+def primary(aggregations: Any, gammas: Any, contrasts: Any) -> Variant:
+    """The variant of a run's main-table ``endorm`` row: the first aggregation, gamma and contrast listed."""
+    aggs, cons = parse_list(aggregations), parse_list(contrasts)
+    agg = RewardConfig.aggregation if aggs == ["all"] else aggs[0]
+    return Variant(agg, parse_list(gammas, float)[0], "none" if cons == ["all"] else cons[0])
+
+
 def split_of(item_id: str) -> str:
     """'dev' or 'test', fixed by a hash of the item id (pre-registered: half the items each, by chance)."""
     return "dev" if hashlib.sha256(f"{SPLIT_SALT}:{item_id}".encode()).digest()[0] % 2 == 0 else "test"
