@@ -221,3 +221,10 @@ def test_a_run_without_token_stats_gives_its_own_form(runs, tmp_path):
     res = json.loads((tmp_path / "run" / "results.json").read_text())["methods"]["endorm"]["domains"]
     assert rows[0]["domains"]["chat"]["acc"] == pytest.approx(res["chat"]["avg"])
     assert math.isnan(rows[0]["shorter_wins"])  # no token counts without the arrays
+
+
+def test_one_name_per_model():
+    default = {"model": "SmolLM2-135M-Instruct (default)", "settings": {"model": None}}
+    named = {"model": "smollm2-135m-instruct", "settings": {"model": "smollm2-135m-instruct"}}
+    assert S.model_name(default) == S.model_name(named) == "smollm2-135m-instruct"
+    assert S.model_name({"model": "LlamaForCausalLM", "settings": {"model": None}}) == "LlamaForCausalLM"

@@ -106,6 +106,17 @@ def _params_from_registry(model: str | None) -> float | None:
     return float(spec.params[:-1]) * unit
 
 
+def model_name(results: dict[str, Any]) -> str:
+    """The model a run scored, one name for one model: ``--model`` as given, the registry name of the default
+    model when none was given (so ``--model smollm2-135m-instruct`` and no ``--model`` group together)."""
+    from endorm.models.registry import DEFAULT_MODEL
+
+    given = (results.get("settings") or {}).get("model")
+    if given:
+        return given
+    return DEFAULT_MODEL if results["model"].endswith("(default)") else results["model"]
+
+
 def read_run(run_dir: str | Path, ids: set[str] | None = None) -> dict[str, Any]:
     """A finished RM-Bench run: its model, parameter count and per-form records (``sum``, the default,
     each judge; only the items in ``ids`` when given), and its responses' token counts."""
@@ -141,7 +152,7 @@ def read_run(run_dir: str | Path, ids: set[str] | None = None) -> dict[str, Any]
             forms[j] = [r for r in recs if r["method"] == j]
     if ids is not None:
         forms = {f: [r for r in fr if r["id"] in ids] for f, fr in forms.items()}
-    return {"run": str(run_dir), "model": res["model"], "params": float(params), "forms": forms, "lengths": lengths}
+    return {"run": str(run_dir), "model": model_name(res), "params": float(params), "forms": forms, "lengths": lengths}
 
 
 def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
