@@ -249,6 +249,7 @@ def plot(rows: Sequence[dict[str, Any]], domains: Sequence[str], path: str | Pat
             ax.plot([PAPER_7B["params"]], [ref], marker="*", ms=12, color="k", ls="", label="paper, 7B EndoRM")
         ax.axhline(50, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
+        ax.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
         ax.set_xticks(sizes, [params_label(x) for x in sizes])
         ax.minorticks_off()
         ax.set_ylim(0, 100)
