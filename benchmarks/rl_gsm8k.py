@@ -16,7 +16,8 @@ This script then reads their outputs:
 
 ``compare`` prints accuracy with 95% Wilson intervals, the paired change with an exact McNemar test on
 the problems whose correctness flipped, and completion statistics that expose reward hacking (mean
-length, share of empty/repeated completions, distinct completions).
+length, share of empty/repeated completions, distinct completions). ``compare``, ``curves`` and ``probe``
+take ``--json PATH``: the numbers, with the command that wrote them, for ``records/rl/`` (records/README.md).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ import math
 import re
 import sys
 from pathlib import Path
+
+
+def write_json(path: str, res: dict) -> None:
+    """The numbers behind a table, with the command line that wrote them (the records/ convention)."""
+    out = {"command": " ".join(["python", "benchmarks/rl_gsm8k.py", *sys.argv[1:]]), **res}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def _records(path: str) -> list[dict]:
@@ -158,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", default=None, help="also write the numbers here")
     s = sub.add_parser("curves", help="first/last-window means of each run's curves")
     s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--json", default=None, help="also write the numbers here")
     q = sub.add_parser("probe", help="which reward forms prefer the trained policy's answers to the base model's")
     q.add_argument("--before", required=True, help="math-eval gsm8k.jsonl of the base model")
     q.add_argument("--after", required=True, help="math-eval gsm8k.jsonl of the trained policy")
@@ -175,16 +184,20 @@ def main(argv: list[str] | None = None) -> int:
         res = compare(args.before, args.after)
         print_compare(res)
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
+            write_json(args.json, {"policies": res})
     elif args.cmd == "probe":
         res = probe(args.before, args.after, args.forms, args.model)
         print(json.dumps(res, indent=2))
         if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2))
+            write_json(args.json, res)
     else:
+        runs = {}
         for r in args.runs:
             label, d = r.rsplit("=", 1)
-            print(label, json.dumps({k: round(v, 4) for k, v in curve_summary(d).items()}))
+            runs[label] = {k: round(v, 4) for k, v in curve_summary(d).items()}
+            print(label, json.dumps(runs[label]))
+        if args.json:
+            write_json(args.json, {"runs": runs})
     return 0
 
 

@@ -24,7 +24,7 @@ Everything is bounded: request count, a per-request timeout, a global deadline (
 it), a bounded wait for the server to come up and a time bound per fault phase. Results are written to
 --out as JSON after each phase.
 
-    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --out runs/serve_load/load_64x50.json
+    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --out records/serve/load_64x50.json   # records/README.md
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@
 #   CONTRAST=none,system LIMIT=20 bash benchmarks/study.sh dsp-smollm   # without the prompt contrast (dsp-smollm-system)
 #   LIMIT=40 bash benchmarks/study.sh dsp-qwen   # DSP, Qwen2.5-Coder-0.5B, contrasts none+system, seeded prefix
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
+#   SIZE=1.5b CONTRAST=none LIMIT=55 bash benchmarks/study.sh rm-qwen  # the 1.5B, into rm-qwen15-plain
+#   MODEL=qwen2.5-coder-0.5b-instruct LIMIT=55 bash benchmarks/study.sh judges  # the three LLM judges, chat+safety
+#   LIMIT=55 bash benchmarks/study.sh scaling   # one table + figure against model size (no model; endorm eval --scaling)
+#   bash benchmarks/study.sh records STEP  # copy STEP's results.json / variants.json into records/study/STEP/
 set -euo pipefail
 OUT=${OUT:-runs/study}
 THREADS=${THREADS:-2}
@@ -21,9 +25,22 @@ case "${1:-}" in
   rm-smollm) contrast=${CONTRAST:-none,prompt}; dir=rm-smollm; [[ $contrast == none ]] && dir=rm-smollm-plain
              $E --benchmark rm-bench --method endorm,logprob-mean --contrast "$contrast" --limit 441 \
                --output-dir "$OUT/$dir" ;;
-  rm-qwen)   contrast=${CONTRAST:-none,prompt}; dir=rm-qwen05; [[ $contrast == none ]] && dir=rm-qwen05-plain
+  rm-qwen)   size=${SIZE:-0.5b}; contrast=${CONTRAST:-none,prompt}; dir=rm-qwen${size//[.b]/}
+             [[ $contrast == none ]] && dir=$dir-plain
              $E --benchmark rm-bench --domains chat,safety --method endorm,logprob-mean --contrast "$contrast" \
-               --model qwen2.5-coder-0.5b-instruct --limit "${LIMIT:-441}" --output-dir "$OUT/$dir" ;;
+               --model "qwen2.5-coder-$size-instruct" --limit "${LIMIT:-441}" --output-dir "$OUT/$dir" ;;
+  judges)    model=${MODEL:-smollm2-135m-instruct}
+             $E --benchmark rm-bench --domains chat,safety --method genrm-pointwise,verifier,genrm-pairwise \
+               --model "$model" --limit "${LIMIT:-441}" --output-dir "$OUT/judges-$model" ;;
+  scaling)   runs=${RUNS:-$OUT/rm-smollm-plain,$OUT/rm-qwen05-plain,$OUT/rm-qwen15-plain,$OUT/judges-smollm2-135m-instruct,$OUT/judges-qwen2.5-coder-0.5b-instruct,$OUT/judges-qwen2.5-coder-1.5b-instruct}
+             endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir "$OUT/scaling"
+             mkdir -p records/scaling docs/figures
+             cp "$OUT/scaling/scaling.json" "$OUT/scaling/scaling.md" records/scaling/
+             cp "$OUT/scaling/scaling.png" docs/figures/scaling.png ;;
+  records)   step=$2; mkdir -p "records/study/$step"
+             for f in results.json variants.json; do
+               [[ -f $OUT/$step/$f ]] && cp "$OUT/$step/$f" "records/study/$step/$f"
+             done; ls -l "records/study/$step" ;;
   dsp-smollm) contrast=${CONTRAST:-none,prompt,system}; dir=dsp-smollm
              [[ $contrast == none,system ]] && dir=dsp-smollm-system
              $DSP --contrast "$contrast" --limit "${LIMIT:-661}" --output-dir "$OUT/$dir" ;;
@@ -32,5 +49,5 @@ case "${1:-}" in
   variants)  step=$2; contrast=none,prompt; [[ $step == dsp-* ]] && contrast=none,prompt,system
              [[ $step == *-plain ]] && contrast=none; [[ $step == *-system ]] && contrast=none,system
              endorm eval --reaggregate "$OUT/$step" --aggregation all --gamma $GAMMAS --contrast $contrast ;;
-  *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|dsp-qwen|variants STEP" >&2; exit 2 ;;
+  *) echo "usage: $0 rm-smollm|rm-qwen|dsp-smollm|dsp-qwen|judges|scaling|variants STEP|records STEP" >&2; exit 2 ;;
 esac

@@ -40,3 +40,35 @@ def test_probe_matches_direct_scoring(tmp_path, tiny_rm):
         assert got["mean_before"] == pytest.approx(sum(b) / 3, abs=1e-4)
         assert got["mean_after"] == pytest.approx(sum(a) / 3, abs=1e-4)
         assert got["after_preferred"] == pytest.approx(sum(x > y for x, y in zip(a, b, strict=True)) / 3)
+
+
+def test_compare_and_curves_json_name_their_command(tmp_path, monkeypatch):
+    """--json keeps the numbers of a table with the command that wrote them (records/README.md)."""
+    mod = _load_script()
+    before, after = tmp_path / "before.jsonl", tmp_path / "after.jsonl"
+    before.write_text("".join(json.dumps({"id": f"q{k}", "completions": ["long working"], "correct": [k == 0]}) + "\n"
+                              for k in range(4)))
+    after.write_text("".join(json.dumps({"id": f"q{k}", "completions": ["The answer is 2."], "correct": [k == 3]})
+                             + "\n" for k in range(4)))
+    out = tmp_path / "records" / "rl" / "compare.json"
+    argv = ["compare", "--before", str(before), "--after", f"trained={after}", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", ["benchmarks/rl_gsm8k.py", *argv])
+    assert mod.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["command"] == "python benchmarks/rl_gsm8k.py " + " ".join(argv)
+    t = res["policies"]["trained"]
+    assert (t["correct"], t["gained"], t["lost"], t["distinct_completions"]) == (1, 1, 1, 1)
+    assert t["mcnemar_p"] == pytest.approx(1.0) and res["policies"]["before"]["correct"] == 1
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["step,elapsed_s,reward,kl"] + [f"{s},{2 * s},{s},{0.1 * s}" for s in range(1, 21)]
+    (run / "curves.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "records" / "rl" / "curves.json"
+    argv = ["curves", "--runs", f"a={run}", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", ["benchmarks/rl_gsm8k.py", *argv])
+    assert mod.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["command"].endswith(" ".join(argv))
+    assert res["runs"]["a"]["steps"] == 20 and res["runs"]["a"]["reward_first10"] == pytest.approx(5.5)
+    assert res["runs"]["a"]["reward_last10"] == pytest.approx(15.5)

@@ -152,6 +152,8 @@ def test_reaggregate_cli_writes_tables_and_selects(tmp_path, tiny, rmb_file, cap
                output_dir=str(out))
     assert run(c) == 0  # no model passed: the reaggregate path must not need one
     res = json.loads((out / "variants.json").read_text())
+    assert res["command"] == (f"endorm eval --gamma 0.9 --aggregation sum,discounted,mean --contrast none,prompt "
+                              f"--reaggregate {run_dir} --output-dir {out}")  # the file names its command
     assert set(res["variants"]) == {"sum", "mean", "discounted@0.9", "sum:prompt", "mean:prompt",
                                     "discounted@0.9:prompt"}
     for r in res["variants"].values():

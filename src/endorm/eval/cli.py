@@ -5,15 +5,17 @@ of 20 prompts per RM-Bench domain with two methods on the default model and writ
 ``--output-dir``: ``examples.jsonl`` (every score of every item; the run resumes from it),
 ``results.json`` (accuracies by domain / difficulty / subset, n, settings, time), ``table.md`` (laid
 out like the paper's Table 1 or Table 2) and ``plot.png``. ``--merge dirA,dirB`` combines finished
-runs of one benchmark into one table and plot without loading a model.
+runs of one benchmark into one table and plot without loading a model; ``--scaling dirA,dirB,...`` draws
+finished RM-Bench runs of several models into one scaling table and figure (``endorm.eval.scaling``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from endorm.eval.data import BENCHMARKS, load_benchmark
 from endorm.eval.harness import read_records, record_key, systems_for  # noqa: F401 (read_records: re-export)
 from endorm.eval.methods import METHODS, NEEDS_EXTRA_MODEL, StatsMemo, build_method
 from endorm.eval.prompts import DSP_DOMAINS
-from endorm.eval.variants import STATS_FILE, expand, parse_list, reaggregate
+from endorm.eval.variants import STATS_FILE, expand, primary, reaggregate
 from endorm.reward_model import NEUTRAL_PROMPT, RewardConfig
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,11 @@ class Config:
     plot: bool = field(default=True, metadata={"help": "write plot.png"})
     merge: str | None = field(default=None, metadata={
         "help": "comma-separated finished run dirs (or results.json files) to combine; no model is loaded"})
+    scaling: str | None = field(default=None, metadata={
+        "help": "comma-separated finished RM-Bench run dirs of one or more models: write scaling.json/.md/.png "
+                "(accuracy and shorter-wins share against model size for sum, the default and the best judge, "
+                "beside the paper's 7B) into --output-dir; --domains picks the domains (default chat,safety), "
+                "--limit/--seed/--data count only that seeded subset's prompts; no model is loaded"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
@@ -105,18 +112,24 @@ def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+def command_line(cfg: Config) -> str:
+    """``endorm eval`` with every flag that differs from its default: the command that wrote a run's JSON
+    (records/README.md). Parsing it back gives ``cfg`` again."""
+    parts = ["endorm eval"]
+    for f in fields(Config):
+        v = getattr(cfg, f.name)
+        if f.name != "progress" and v != f.default:
+            parts.append(f"--{f.name.replace('_', '-')} " + shlex.quote(str(v).lower() if isinstance(v, bool) else str(v)))
+    return " ".join(parts)
+
+
 def variants_of(cfg: Config) -> list:
     return expand(cfg.aggregation, cfg.gamma, cfg.contrast)
 
 
 def primary_variant(cfg: Config):
     """The variant of the main table's ``endorm`` row: the first aggregation, gamma and contrast."""
-    from endorm.eval.variants import Variant
-
-    aggs = parse_list(cfg.aggregation)
-    agg = RewardConfig.aggregation if aggs == ["all"] else aggs[0]
-    cons = parse_list(cfg.contrast)
-    return Variant(agg, parse_list(cfg.gamma, float)[0], "none" if cons == ["all"] else cons[0])
+    return primary(cfg.aggregation, cfg.gamma, cfg.contrast)
 
 
 def stored_contrasts(cfg: Config) -> list[str]:
@@ -156,7 +169,7 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
 
     if cfg.reaggregate:
         out = cfg.output_dir if cfg.output_dir != Config.output_dir else None
-        res = reaggregate(cfg.reaggregate, variants_of(cfg), out)
+        res = reaggregate(cfg.reaggregate, variants_of(cfg), out, command=command_line(cfg))
         target = Path(out or cfg.reaggregate)
         print((target / "variants.md").read_text())
         if res["chosen"]:
@@ -164,8 +177,19 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
         print(f"wrote {target / 'variants.json'}, {target / 'variants.md'}")
         return 0
     out_dir = Path(cfg.output_dir)
+    if cfg.scaling:
+        from endorm.eval import scaling
+
+        domains = _split(cfg.domains) or list(scaling.DOMAINS)
+        ids = ({it.id for it in load_benchmark("rm-bench", cfg.data, domains, cfg.limit, cfg.seed)}
+               if cfg.limit else None)  # the same seeded prompts for every model
+        paths = scaling.write(_split(cfg.scaling) or [], out_dir, domains, command_line(cfg), cfg.plot, ids)
+        print(paths["table"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     if cfg.merge:
         summary = report.merge(_split(cfg.merge) or [])
+        summary["command"] = command_line(cfg)
         paths = report.write_outputs(summary, out_dir, cfg.plot)
         print(report.markdown(summary))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -196,6 +220,8 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
         if diff:
             raise ValueError(f"--resume: {out_dir} was run with other settings ({', '.join(diff)}); "
                              "use another --output-dir or --overwrite")
+        if "model_params" in old:  # a resume that loads no model keeps the count the run measured
+            settings["model_params"] = old["model_params"]
     t_start = time.perf_counter()
     systems = [name for name, _ in systems_for(items, _split(cfg.dsp_systems) or DSP_DOMAINS)]
     wanted = {record_key(m, it.id, s) for m in methods for it in items for s in systems}
@@ -208,7 +234,8 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     elapsed = time.perf_counter() - t_start
     recs = [r for r in read_records(records_path) if r["key"] in wanted]
     summary = {
-        "benchmark": cfg.benchmark, "model": model_name, "methods": report.summarize(recs),
+        "command": command_line(cfg), "benchmark": cfg.benchmark, "model": model_name,
+        "model_params": settings.get("model_params"), "methods": report.summarize(recs),
         "n_items": len(items), "subset": f"seeded random subset, --limit {cfg.limit} --seed {cfg.seed}"
         if cfg.limit else "all items", "tie_rule": M.TIE_RULE, "settings": settings,
         "elapsed_s_this_invocation": round(elapsed, 1), "new_records": n_new,
@@ -218,7 +245,7 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     print(report.markdown(summary))
     written = [records_path, *paths.values()]
     if "endorm" in methods and cfg.token_stats and len(variants_of(cfg)) > 1:
-        reaggregate(out_dir, variants_of(cfg))
+        reaggregate(out_dir, variants_of(cfg), command=command_line(cfg))
         print((out_dir / "variants.md").read_text())
         written += [out_dir / "variants.json", out_dir / "variants.md"]
     print("wrote " + ", ".join(str(p) for p in written))
@@ -239,6 +266,8 @@ def _score(cfg: Config, methods: list[str], items: list, records_path: Path, set
         done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
         base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
         loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}
+        # the scaling table's x axis (endorm.eval.scaling); tied weights count once
+        settings["model_params"] = sum(p.numel() for p in loaded["rm"].model.parameters())
         # only once the models load: a run that fails before scoring leaves the old run's settings
         (records_path.parent / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         memo = StatsMemo()

@@ -104,6 +104,13 @@ def expand(aggregations: Any, gammas: Any = DEFAULT_GAMMAS, contrasts: Any = ("n
     return out
 
 
+def primary(aggregations: Any, gammas: Any, contrasts: Any) -> Variant:
+    """The variant of a run's main-table ``endorm`` row: the first aggregation, gamma and contrast listed."""
+    aggs, cons = parse_list(aggregations), parse_list(contrasts)
+    agg = RewardConfig.aggregation if aggs == ["all"] else aggs[0]
+    return Variant(agg, parse_list(gammas, float)[0], "none" if cons == ["all"] else cons[0])
+
+
 def split_of(item_id: str) -> str:
     """'dev' or 'test', fixed by a hash of the item id (pre-registered: half the items each, by chance)."""
     return "dev" if hashlib.sha256(f"{SPLIT_SALT}:{item_id}".encode()).digest()[0] % 2 == 0 else "test"
@@ -161,16 +168,24 @@ def variant_records(run_dir: str | Path, variants: Sequence[Variant]) -> tuple[d
     return out, settings
 
 
+def shorter_counts(rec: dict, lengths: Sequence[int] | None = None) -> tuple[int, int]:
+    """One record's (comparisons won by the shorter response, decided comparisons of responses of different
+    length in tokens). ``lengths``: the responses' token counts, default the record's own ``lengths``."""
+    n = rec["lengths"] if lengths is None else lengths
+    won = decided = 0
+    for i, j, m in rec["margins"]:
+        if m is None or m == 0 or math.isnan(m) or n[i] == n[j]:
+            continue
+        decided += 1
+        won += (m > 0) == (n[i] < n[j])
+    return won, decided
+
+
 def shorter_wins(recs: Sequence[dict]) -> tuple[float, int]:
     """Share (%) of decided comparisons of responses of different length (tokens) won by the shorter one."""
-    won = []
-    for r in recs:
-        n = r["lengths"]
-        for i, j, m in r["margins"]:
-            if m is None or m == 0 or math.isnan(m) or n[i] == n[j]:
-                continue
-            won.append((m > 0) == (n[i] < n[j]))
-    return (100 * sum(won) / len(won) if won else float("nan")), len(won)
+    counts = [shorter_counts(r) for r in recs]
+    won, decided = sum(w for w, _ in counts), sum(d for _, d in counts)
+    return (100 * won / decided if decided else float("nan")), decided
 
 
 def dsp_lift(recs: Sequence[dict]) -> tuple[float, float, int]:
@@ -316,14 +331,15 @@ def _dsp_matrix_variants(summary: dict[str, Any]) -> list[str]:
 
 
 def reaggregate(run_dir: str | Path, variants: Sequence[Variant], out_dir: str | Path | None = None,
-                select_split: str | None = "dev") -> dict[str, Any]:
-    """Re-score a finished ``endorm eval`` run under ``variants`` (no model); writes variants.json / .md."""
+                select_split: str | None = "dev", command: str | None = None) -> dict[str, Any]:
+    """Re-score a finished ``endorm eval`` run under ``variants`` (no model); writes variants.json / .md.
+    ``command``: the command line that asked for it, kept in variants.json (records/README.md)."""
     by_variant, settings = variant_records(run_dir, variants)
     summary = summarize_variants(by_variant)
     benchmark = settings.get("benchmark", "rm-bench")
     has_split = select_split and any(select_split in r for r in summary.values())
     chosen = select(summary, select_split) if has_split and benchmark == "rm-bench" else None
-    result = {"run": str(run_dir), "benchmark": benchmark, "model": settings.get("model"),
+    result = {"command": command, "run": str(run_dir), "benchmark": benchmark, "model": settings.get("model"),
               "alpha": settings.get("alpha"), "split_salt": SPLIT_SALT, "selection_split": select_split,
               "chosen": chosen, "variants": summary}
     out = Path(out_dir or run_dir)
