@@ -85,3 +85,33 @@ def test_lora_config_validation():
     assert lora_config(TrainConfig()) is None
     lc = lora_config(TrainConfig(lora_r=8, lora_target_modules="q_proj, v_proj"))
     assert lc.r == 8 and set(lc.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_an_adapter_dir_loads_as_its_merged_model(tiny_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from endorm.models.loading import load_model_and_tokenizer
+
+    model_dir, _ = tiny_dir
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged, tok = load_model_and_tokenizer(str(tmp_path / "adapter"))
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        want = peft_model.eval()(x).logits
+        got = merged(x).logits
+        base = AutoModelForCausalLM.from_pretrained(model_dir)(x).logits
+    assert (got - want).abs().max() < 1e-4 and (got - base).abs().max() > 1e-3
+    assert tok.pad_token_id is not None
+
+
+def test_adapter_base_maps_another_machines_cache_to_the_registry_name(tmp_path):
+    from endorm.models.loading import adapter_base
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "/elsewhere/.cache/endorm/models/qwen2.5-coder-0.5b-instruct/hf-float32"}))
+    assert adapter_base(tmp_path) == "qwen2.5-coder-0.5b-instruct"
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/nowhere/else"}))
+    assert adapter_base(tmp_path) == "/nowhere/else"

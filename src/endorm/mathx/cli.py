@@ -61,6 +61,9 @@ class Config:
     sampler: str = field(default="float32", metadata={
         "help": "float32 | int8: the model that generates (int8: dynamic int8 linear layers, faster on a CPU, "
                 "changes the samples slightly); scoring always uses the --dtype model"})
+    cache: str = field(default="static", metadata={
+        "help": "KV cache of generation: static (preallocated; faster on a CPU, the same tokens: "
+                "benchmarks/sampling_speed.py) | dynamic"})
     greedy_baseline: bool = field(default=True, metadata={"help": "with --select: also a greedy pass (baseline)"})
     greedy_from: str | None = field(default=None, metadata={
         "help": "with --select: take the greedy baseline from this math-eval JSONL (a greedy run over the same "
@@ -123,6 +126,7 @@ def _generate_file(config: Config, path: Path, problems: list, model: Any, sampl
             model, tok, problems[done:], template=config.prompt_template, system=config.system_prompt,
             batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=temperature,
             top_p=config.top_p, num_samples=num_samples, seed=config.seed + done, sampler=sampler,
+            cache_implementation=None if config.cache == "dynamic" else config.cache,
         ):
             w.write([rec])
 
@@ -200,6 +204,8 @@ def run(config: Config) -> int:
         raise ValueError(f"--prompt_template: unknown {config.prompt_template!r}; use {', '.join(PROMPT_TEMPLATES)}")
     if config.num_samples > 1 and config.temperature <= 0:
         raise ValueError("--num_samples > 1 needs --temperature > 0")
+    if config.cache not in ("static", "dynamic"):
+        raise ValueError(f"--cache: unknown {config.cache!r}; use static or dynamic")
     if config.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown {config.sampler!r}; use {', '.join(SAMPLERS)}")
     forms = None

@@ -138,6 +138,8 @@ def _load_local_dir(path: Path, name: str | None, dtype: str, device: str, **mod
     A registry model's directory is endorm's own cache, dequantised from the verified GGUF: when it does
     not load (a truncated or corrupted file), it is deleted and rebuilt once from the GGUF.
     """
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, dtype, device, **model_kwargs)
     registry_name = (name or DEFAULT_MODEL) if (name or DEFAULT_MODEL) in REGISTRY else None
     torch_dtype = _torch_dtype(dtype)
     try:
@@ -153,5 +155,39 @@ def _load_local_dir(path: Path, name: str | None, dtype: str, device: str, **mod
         model, tok = _from_dir(path, torch_dtype, **model_kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return model, tok
+
+
+def adapter_base(path: Path) -> str:
+    """The base model of a LoRA adapter directory: its ``base_model_name_or_path``, or, when that is endorm's
+    cache of a registry model on another machine (``.../models/NAME/hf-float32``), the registry name."""
+    import json
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json names no base_model_name_or_path")
+    parts = Path(base).parts
+    if not Path(base).exists() and "models" in parts:
+        i = len(parts) - 1 - parts[::-1].index("models")
+        if i + 1 < len(parts) and parts[i + 1] in REGISTRY:
+            return parts[i + 1]
+    return base
+
+
+def _load_adapter(path: Path, dtype: str, device: str, **model_kwargs: Any) -> tuple[Any, Any]:
+    """A LoRA adapter directory (peft; what ``endorm train --lora_r`` saves): its base with the adapter merged."""
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ImportError(f"{path} is a LoRA adapter; loading it needs peft: pip install 'endorm[rl]'") from e
+    from transformers import AutoTokenizer
+
+    model, tok = load_model_and_tokenizer(adapter_base(path), dtype, "cpu", **model_kwargs)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    if (path / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(path)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
     model.to(device).eval()
     return model, tok
