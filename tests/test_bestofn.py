@@ -299,3 +299,14 @@ def test_math_eval_select_end_to_end(tiny_model_dir, tmp_path):
     cfg2 = Config(**{**cfg.__dict__, "limit": 3, "seed": 5})
     with pytest.raises(ValueError, match="other problems"):
         run(cfg2)
+
+
+def test_length_cap_holds_the_share_of_greedy_solutions():
+    from endorm.mathx.bestofn import length_cap
+
+    recs = [{"n_tokens": [n], "end_token": [0]} for n in (10, 70, 100, 130, 200, 250, 300, 310, 320, 500)]
+    assert length_cap(recs, 0.9) == 320  # the 9th shortest of 10 is 320 tokens: 5 x 64
+    assert length_cap(recs, 0.5) == 256  # the 5th is 200 -> 256
+    recs[-2:] = [{"n_tokens": [768], "end_token": [None]}] * 2  # two cut at the cap: 8 of 10 ended
+    assert length_cap(recs, 0.9) is None
+    assert length_cap(recs, 0.8) == 320

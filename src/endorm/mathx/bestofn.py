@@ -264,3 +264,13 @@ def _share(xs: Sequence[bool]) -> float:
 def _mean(xs: Sequence[float]) -> float:
     xs = _finite(xs)
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def length_cap(greedy: Sequence[dict[str, Any]], share: float = 0.9, step: int = 64) -> int | None:
+    """The smallest multiple of ``step`` that holds at least ``share`` of the greedy solutions (those ended by
+    the end token within it); None when even the greedy pass's own cap holds fewer."""
+    lengths = sorted(r["n_tokens"][0] for r in greedy if r["end_token"][0] is not None)
+    need = math.ceil(share * len(greedy))
+    if len(lengths) < need or need == 0:
+        return None
+    return step * math.ceil(lengths[need - 1] / step)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Best-of-N on math with the model's own reward (docs/RESULTS.md, "Best-of-N on math"). Every step resumes
+# (--resume): rerun it after an interruption, in this or a later session. Outputs (samples, scores, summaries)
+# go to records/bestofn/ and are committed, so a later session resumes or checks them without resampling.
+#   bash benchmarks/bestofn.sh greedy            # greedy pass at a 768-token cap (the baseline; sets the cap L)
+#   bash benchmarks/bestofn.sh cap               # print L: the smallest multiple of 64 holding 90% of greedy
+#   bash benchmarks/bestofn.sh sample            # N = 8 samples at T = 0.7 and cap L, every form, the summary
+#   MODEL=smollm2-135m-instruct bash benchmarks/bestofn.sh greedy|sample     # other models / sets:
+#   BENCH=math500 LIMIT=60 bash benchmarks/bestofn.sh greedy|sample
+#   MODEL=qwen2.5-coder-1.5b-instruct LIMIT=50 bash benchmarks/bestofn.sh greedy|sample
+set -euo pipefail
+MODEL=${MODEL:-qwen2.5-coder-0.5b-instruct}
+BENCH=${BENCH:-gsm8k}
+LIMIT=${LIMIT:-200}
+THREADS=${THREADS:-2}
+OUT=records/bestofn
+E="endorm math-eval --models $MODEL --benchmarks $BENCH --limit $LIMIT --seed 0 --prompt_template boxed \
+   --sampler int8 --cache static --num_threads $THREADS --resume"
+greedy_file=$OUT/greedy768-$BENCH$LIMIT/$MODEL/$BENCH.jsonl
+cap() {
+  python -c "import json,sys; from endorm.mathx.bestofn import length_cap
+recs=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(length_cap(recs) or 'none')" "$greedy_file"
+}
+case "${1:-}" in
+  greedy) $E --max_new_tokens 768 --temperature 0 --batch_size 16 --output_dir "$OUT/greedy768-$BENCH$LIMIT" ;;
+  cap)    cap ;;
+  sample) L=$(cap)
+          [[ $L == none ]] && { echo "the 768-token cap holds fewer than 90% of greedy solutions" >&2; exit 1; }
+          echo "cap L = $L tokens"
+          $E --max_new_tokens "$L" --temperature 0.7 --num_samples 8 --batch_size 32 --select all \
+             --greedy_from "$greedy_file" --output_dir "$OUT/n8-$BENCH$LIMIT" ;;
+  *) echo "usage: $0 greedy|cap|sample" >&2; exit 2 ;;
+esac
