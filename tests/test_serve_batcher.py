@@ -1,5 +1,6 @@
 """DynamicBatcher alone: results go back to the request that sent them, a failing request fails alone,
-and batches respect the size cap."""
+batches respect the size cap, and a caller that leaves (cancelled or timed out) before its batch
+starts is never computed."""
 
 import asyncio
 
@@ -89,3 +90,40 @@ def test_close_answers_running_and_queued_requests():
 
     res = run(go())
     assert len(res) == 3 and all(isinstance(r, RuntimeError) and "shutting down" in str(r) for r in res)
+
+
+def test_a_caller_that_leaves_is_never_computed():
+    """A request whose caller is cancelled, or whose timeout passes, before its batch starts never reaches
+    ``process``; one whose batch is running gets DeadlineExceeded(started=True) and its result is discarded."""
+    import threading
+
+    from endorm.serve.batcher import DeadlineExceeded
+
+    gate, seen = threading.Event(), []
+
+    def process(items):
+        seen.append(list(items))
+        gate.wait(10)
+        return items
+
+    async def go():
+        b = DynamicBatcher(process, max_batch_items=2, max_wait_ms=0)
+        running = asyncio.ensure_future(b.submit([1, 2], timeout=0.3))
+        await asyncio.sleep(0.1)  # [1, 2] is on the model
+        cancelled = asyncio.ensure_future(b.submit([3]))
+        expiring = asyncio.ensure_future(b.submit([4], timeout=0.2))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        res = await asyncio.wait_for(asyncio.gather(running, cancelled, expiring, return_exceptions=True), 5)
+        gate.set()
+        later = await asyncio.wait_for(b.submit([5]), 5)
+        await b.close()
+        return res, later, b.stats
+
+    (running, cancelled, expiring), later, st = run(go())
+    assert isinstance(running, DeadlineExceeded) and running.started
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert isinstance(expiring, DeadlineExceeded) and not expiring.started and "never computed" in str(expiring)
+    assert later == [5]
+    assert seen == [[1, 2], [5]]  # 3 and 4 never reached the model
+    assert st.dropped_requests == 2 and st.dropped_items == 2

@@ -1,6 +1,7 @@
 """Faults of the reward server: `endorm serve` runs as a subprocess on the tiny model (127.0.0.1, a free
 port) and must survive a client that disconnects mid-body, one that disconnects while waiting for its
-answer, and one whose request times out (after each: alive, /health's queued count back to 0, a probe
+answer, one that disconnects while its request is queued behind another (its rows are never computed),
+and one whose request times out (after each: alive, /health's queued count back to 0, a probe
 answered correctly), then a SIGTERM while a burst of requests is in flight (each ends as 200 with correct
 rewards, 503 or a connection error; nothing wrong, nothing hangs; the process exits within a bound).
 The phases are benchmarks/serve_load.py's, which runs them after its full load test. In process: a
@@ -87,6 +88,17 @@ def test_client_disconnects(server, body_share):
     s = server
     res = _run(sl.fault_disconnect(s["url"], s["port"], s["key"], s["proc"], s["traffic"], BIG, PROBE,
                                    body_share, 0.1, 30))
+    assert res["pass"], res
+
+
+def test_disconnect_while_queued_is_never_computed(server):
+    """Through the real uvicorn: a request queued behind a 168-row blocker whose client closes the connection
+    is dropped; the model computes the blocker's rows and none of the gone request's."""
+    s = server
+    res = _run(sl.fault_disconnect_queued(s["url"], s["port"], s["key"], s["proc"], s["traffic"], BIG * 4,
+                                          [2, 3, 4], PROBE, 30))
+    assert res["gone_was_queued"] and res["blocker_answered_correctly"], res
+    assert res["health_delta"] == {"client_gone": 1, "dropped_rows": 3, "rows": len(BIG) * 4}, res["health_delta"]
     assert res["pass"], res
 
 
@@ -183,7 +195,7 @@ def test_shutting_down_is_503(tiny_rm):
 
     app = create_app(tiny_rm)
 
-    async def refuse(items):
+    async def refuse(items, timeout=None):
         raise ShuttingDown("the server is shutting down")
 
     app.state.batcher.submit = refuse
@@ -193,19 +205,4 @@ def test_shutting_down_is_503(tiny_rm):
     assert "shutting down" in r.json()["detail"] and r.headers.get("retry-after") == "1"
 
 
-def test_cancelled_at_shutdown_is_503(tiny_rm):
-    """uvicorn cancels requests still running when the graceful timeout runs out: 503, not a 500."""
-    from fastapi.testclient import TestClient
-
-    from endorm.serve.app import create_app
-
-    app = create_app(tiny_rm)
-
-    async def cancelled(items):
-        raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
-
-    app.state.batcher.submit = cancelled
-    with TestClient(app) as c:
-        r = c.post("/score", json={"rows": ROWS[:1]})
-    assert r.status_code == 503, r.text
-    assert "graceful timeout" in r.json()["detail"]
+# a request cancelled by uvicorn at shutdown is 503: tests/test_serve_backpressure.py cancels the real task

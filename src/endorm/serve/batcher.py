@@ -11,6 +11,11 @@ batch fails as a whole, each request in it is retried alone, so one bad request 
 When the worker stops for any reason (``close()`` at shutdown, or an unexpected error), every request
 still queued, carried over or running is failed with ``ShuttingDown`` (the server answers 503), so no
 caller waits forever.
+
+A caller that stops waiting (its task is cancelled, e.g. because its HTTP client disconnected, or its
+``timeout`` passes) takes its request out: if its batch has not started, its items are never computed
+(counted in ``stats.dropped_requests``/``dropped_items``); if it has, the result is discarded. A timeout
+raises ``DeadlineExceeded``, which says whether the work had started.
 """
 
 from __future__ import annotations
@@ -30,11 +35,22 @@ class ShuttingDown(RuntimeError):
     """The batcher stopped before this request was answered (the server is shutting down)."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """``submit``'s timeout passed; ``started`` says whether its batch was already running (its work is
+    then discarded) or not (then it was never computed)."""
+
+    def __init__(self, timeout: float, started: bool):
+        where = "while its batch was computed" if started else "before its batch started (never computed)"
+        super().__init__(f"not answered within {timeout:.3g} s: the deadline passed {where}")
+        self.started = started
+
+
 @dataclass
 class _Pending:
     items: list[Any]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    started: bool = False
 
 
 @dataclass
@@ -44,6 +60,13 @@ class BatchStats:
     items: int = 0
     max_requests_in_batch: int = 0
     errors: int = 0
+    dropped_requests: int = 0  # callers that left (cancelled or timed out) before their batch started
+    dropped_items: int = 0  # ... and their items, never computed
+    busy_s: float = 0.0  # time spent in process(): items / busy_s is the measured throughput
+
+    @property
+    def items_per_s(self) -> float | None:
+        return self.items / self.busy_s if self.busy_s > 0 and self.items else None
 
 
 class DynamicBatcher:
@@ -75,6 +98,11 @@ class DynamicBatcher:
     def queued(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def computing(self) -> int:
+        """Items of the batch being computed now (0 while the worker gathers or waits)."""
+        return sum(len(p.items) for p in self._inflight if p.started and not p.future.done())
+
     def _ensure_running(self) -> None:
         # started lazily in the serving loop; a new loop (e.g. a second test client) gets a new worker
         loop = asyncio.get_running_loop()
@@ -83,14 +111,34 @@ class DynamicBatcher:
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._run(), name="endorm-batcher")
 
-    async def submit(self, items: list[Any]) -> list[Any]:
+    async def submit(self, items: list[Any], timeout: float | None = None) -> list[Any]:
+        """``process`` of ``items``; ``DeadlineExceeded`` if not answered within ``timeout`` seconds."""
         if not items:
             return []
         self._ensure_running()
         assert self._queue is not None
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(items), fut))
-        return await fut
+        p = _Pending(list(items), asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(p)  # unbounded here: the server bounds what it admits
+        try:
+            done, _ = await asyncio.wait({p.future}, timeout=timeout)  # a timeout leaves the future pending
+        except asyncio.CancelledError:
+            self._drop(p)
+            raise
+        if not done:
+            started = p.started
+            self._drop(p)
+            raise DeadlineExceeded(timeout or 0.0, started)
+        return p.future.result()
+
+    def _drop(self, p: _Pending) -> None:
+        """The caller stopped waiting: its request must not be computed (if not started) nor answered."""
+        if p.future.done():
+            return
+        p.future.cancel()
+        if not p.started:
+            self.stats.dropped_requests += 1
+            self.stats.dropped_items += len(p.items)
+        p.items = []  # a dropped request holds no memory while it waits to be skipped
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
@@ -120,6 +168,8 @@ class DynamicBatcher:
             first, self._carry = self._carry, None
         else:
             first = await self._queue.get()
+        while first.future.done():  # its caller left: skip it
+            first = await self._queue.get()
         batch, n = [first], len(first.items)
         self._inflight = batch  # from now on the batch is the worker's: close() must see it, even mid-gather
         deadline = first.enqueued + self.max_wait  # a request waits at most max_wait for company
@@ -134,6 +184,8 @@ class DynamicBatcher:
                     break
             else:
                 nxt = self._queue.get_nowait()
+            if nxt.future.done():
+                continue
             if n + len(nxt.items) > self.max_batch_items:
                 self._carry = nxt  # too big to join: it opens the next batch, ahead of later arrivals
                 break
@@ -160,7 +212,10 @@ class DynamicBatcher:
         live = [p for p in batch if not p.future.done()]  # a client that went away was cancelled
         if not live:
             return
+        for p in live:
+            p.started = True
         flat = [it for p in live for it in p.items]
+        t0 = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self._checked, flat)
         except Exception as e:  # noqa: BLE001 - retried per request below
@@ -173,6 +228,7 @@ class DynamicBatcher:
             for p in live:
                 await self._run_batch(loop, [p])
             return
+        self.stats.busy_s += time.perf_counter() - t0
         self.stats.batches += 1
         self.stats.requests += len(live)
         self.stats.items += len(flat)

@@ -51,8 +51,9 @@ def build(cfg: Config):
 def run(cfg: Config) -> int:
     import uvicorn
 
-    if cfg.max_rows < 1 or cfg.max_batch_rows < 1 or cfg.max_body_mb <= 0 or cfg.graceful_timeout_s <= 0:
-        raise ValueError("--max-rows, --max-batch-rows, --max-body-mb and --graceful-timeout-s must be positive")
+    if cfg.graceful_timeout_s <= 0:
+        raise ValueError("--graceful-timeout-s must be positive")
+    ServeSettings(**{f.name: getattr(cfg, f.name) for f in fields(ServeSettings)}).check()  # before the model loads
     app, settings = build(cfg)
     if cfg.host not in LOOPBACK and not settings.api_key:
         log.warning("serving on %s without an API key: anyone who can reach this port can use the model",
