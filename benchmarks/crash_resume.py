@@ -5,13 +5,17 @@ Each run is started as a subprocess (its own process group), killed with SIGKILL
 until it finishes (``--kills`` kills per run, each followed by a resume that may itself be killed). The final
 output is compared with an uninterrupted run of the same command:
 
-- score: rows by ``id``: lost, duplicated, out of order, max |reward diff|;
-- eval: records by ``key``: lost, duplicated, max |score diff| (and pair probabilities);
+- score: rows by ``id``: lost, duplicated, out of order, max |reward diff|; with ``--tokens`` (command
+  ``score-tokens``) also the sidecar: every row's arrays, read back with their file id, range and checksum
+  checked, must re-aggregate to the row's reward (max |diff| in ``stats_max_abs_diff``);
+- eval: records by ``key``: lost, duplicated, in the uninterrupted run's order, max |score diff| (and pair
+  probabilities); the ``endorm`` records' arrays re-aggregate to their scores;
 - train: the curve's steps must be 1..max_steps, each once; the newest checkpoint's step must be the last
   curve step, and its ``log_history`` rewards must equal the curve's rows (the curve and the checkpoint tell
-  the same story). The reward curve's max |diff| against the uninterrupted run is reported, not required:
-  the Trainer restores the RNG state of the checkpoint, yet the completions sampled after a resume are not
-  the uninterrupted run's (the steps up to the checkpoint are identical; later ones differ like another seed).
+  the same story); the curve rows up to the checkpoint the first resume started from must equal the
+  uninterrupted run's. The reward curve's max |diff| against the uninterrupted run over all steps is
+  reported (a resumed run replays the uninterrupted one: weights, optimizer, RNG and prompt order restored;
+  tests/test_train_grpo.py checks the state it resumes from exactly).
 
 tests/test_crash_resume.py runs this at small sizes on the tiny random model. At larger sizes:
 
@@ -115,6 +119,7 @@ class Outcome:
     duplicated: int = 0
     out_of_order: bool = False
     max_abs_diff: float = 0.0
+    stats_max_abs_diff: float | None = None  # arrays in the sidecar, re-aggregated, vs the written scores
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -124,7 +129,8 @@ class Outcome:
 
 
 def _kill_resume(cmd: list[str], resume_flag: list[str], progress: Callable[[], int], total: int,
-                 rng: random.Random, kills: int, max_delay: float, log: Path, out: Outcome) -> None:
+                 rng: random.Random, kills: int, max_delay: float, log: Path, out: Outcome,
+                 on_kill: Callable[[], None] | None = None) -> None:
     """Run ``cmd``, killed up to ``kills`` times (each resume can be killed again), then resume to the end.
 
     Each kill comes a random 0..max_delay s after a random number of new finished rows (1 to 80% of the
@@ -141,6 +147,8 @@ def _kill_resume(cmd: list[str], resume_flag: list[str], progress: Callable[[], 
             return
         out.kills += 1
         out.done_at_kills.append(progress())
+        if on_kill is not None:
+            on_kill()
     run_to_end(cmd + resume_flag, log)
 
 
@@ -158,21 +166,25 @@ def score_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def score_case(work: Path, model: str, rows: list[dict[str, Any]], seed: int, kills: int = 1,
-               max_delay: float = 0.5, reference: Path | None = None) -> Outcome:
+               max_delay: float = 0.5, reference: Path | None = None, tokens: bool = False) -> Outcome:
+    from endorm.commands.score import stats_path
+
     t0 = time.perf_counter()
-    out = Outcome("score", seed, expected=len(rows))
+    tag = "-tokens" if tokens else ""
+    out = Outcome("score" + tag, seed, expected=len(rows))
     work.mkdir(parents=True, exist_ok=True)
     inp = work / "in.jsonl"
     if not inp.exists():
         inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    base = ["score", "--model", model, "--input", str(inp), "--show", "0"]
-    ref = reference or work / "reference.jsonl"
+    base = ["score", "--model", model, "--input", str(inp), "--show", "0", *(["--tokens"] if tokens else [])]
+    ref = reference or work / f"reference{tag}.jsonl"
     if not ref.exists():
-        run_to_end(endorm_cmd(*base, "--output", str(ref)), work / "reference.log")
-    target = work / f"out-{seed}.jsonl"
+        run_to_end(endorm_cmd(*base, "--output", str(ref)), work / f"reference{tag}.log")
+    target = work / f"out{tag}-{seed}.jsonl"
     target.unlink(missing_ok=True)
+    stats_path(target).unlink(missing_ok=True)
     _kill_resume(endorm_cmd(*base, "--output", str(target)), ["--resume"], lambda: complete_lines(target),
-                 len(rows), random.Random(seed), kills, max_delay, work / f"run-{seed}.log", out)
+                 len(rows), random.Random(seed), kills, max_delay, work / f"run{tag}-{seed}.log", out)
     got, want = read_jsonl(target), read_jsonl(ref)
     ids = [r["id"] for r in got]
     out.lost = len({r["id"] for r in want} - set(ids))
@@ -185,8 +197,27 @@ def score_case(work: Path, model: str, rows: list[dict[str, Any]], seed: int, ki
         if any(g.get(k) != v for k, v in src.items()):
             out.problems.append(f"row {g['id']}: input fields changed")
             break
+    if tokens:
+        _check_score_sidecar(stats_path(target), got, out)
     out.seconds = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _check_score_sidecar(path: Path, got: list[dict[str, Any]], out: Outcome) -> None:
+    """Every row's arrays resolve in the sidecar (id, range, checksum) and re-aggregate to its reward."""
+    from endorm import rewards as R
+    from endorm.reward_model import RewardConfig
+    from endorm.stats_file import StatsError, StatsReader
+
+    c, reader, diffs = RewardConfig(), StatsReader(path), []
+    for k, g in enumerate(got, start=1):
+        try:
+            lp, v = reader.get(g["token_stats"]["plain"], g.get("token_stats_id"), f"row {k}")
+        except (StatsError, KeyError) as e:
+            out.problems.append(f"sidecar: {e}")
+            break
+        diffs.append(abs(float(R.outcome(lp, v, c.aggregation, c.gamma, c.alpha)[1]) - g["reward"]))
+    out.stats_max_abs_diff = max(diffs, default=0.0)
 
 
 # -- endorm eval ---------------------------------------------------------------------------------------------------
@@ -227,6 +258,7 @@ def eval_case(work: Path, model: str, items: list[dict[str, Any]], seed: int, ki
     keys = [r["key"] for r in got]
     out.lost = len({r["key"] for r in want} - set(keys))
     out.duplicated = len(keys) - len(set(keys))
+    out.out_of_order = keys != [r["key"] for r in want]
     by_key = {r["key"]: r for r in got}
     diffs = [abs(a - b) for r in want if r["key"] in by_key
              for a, b in zip(_floats(by_key[r["key"]]), _floats(r), strict=True)]
@@ -235,8 +267,29 @@ def eval_case(work: Path, model: str, items: list[dict[str, Any]], seed: int, ki
     for m, s in ref_res["methods"].items():
         if res["methods"][m]["n"] != s["n"]:
             out.problems.append(f"results.json: {m} n = {res['methods'][m]['n']}, expected {s['n']}")
+    if "endorm" in methods.split(","):
+        _check_eval_sidecar(target, got, out)
     out.seconds = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _check_eval_sidecar(run_dir: Path, got: list[dict[str, Any]], out: Outcome) -> None:
+    """The endorm records' arrays resolve in token_stats.f32 and re-aggregate (the run's variant) to their scores."""
+    from endorm.eval.variants import Variant, variant_records
+    from endorm.reward_model import RewardConfig
+    from endorm.stats_file import StatsError
+
+    var = Variant(RewardConfig.aggregation, RewardConfig.gamma)
+    try:
+        again = {r["key"]: r["scores"] for r in variant_records(run_dir, [var])[0][var]}
+    except StatsError as e:
+        out.problems.append(f"sidecar: {e}")
+        return
+    recs = [r for r in got if r["method"] == "endorm"]
+    if set(again) != {r["key"] for r in recs}:
+        out.problems.append("sidecar: re-aggregated records differ from the endorm records")
+    out.stats_max_abs_diff = max((abs(a - b) for r in recs if r["key"] in again
+                                  for a, b in zip(again[r["key"]], r["scores"], strict=True)), default=0.0)
 
 
 # -- endorm train --------------------------------------------------------------------------------------------------
@@ -272,9 +325,15 @@ def train_case(work: Path, model: str, seed: int, max_steps: int = 30, save_step
         run_to_end(endorm_cmd(*base, "--output-dir", str(ref)), work / "reference.log")
     target = work / f"out-{seed}"
     shutil.rmtree(target, ignore_errors=True)
+    resumed_from: list[int] = []  # the checkpoint step each resume starts from
+
+    def note_checkpoint() -> None:
+        ckpt = last_checkpoint(target)
+        resumed_from.append(int(ckpt.name.split("-")[-1]) if ckpt else 0)
+
     _kill_resume(endorm_cmd(*base, "--output-dir", str(target)), ["--resume", "true"],
                  lambda: len(curve_rows(target / "curves.csv")), max_steps, random.Random(seed), kills, max_delay,
-                 work / f"run-{seed}.log", out)
+                 work / f"run-{seed}.log", out, on_kill=note_checkpoint)
     rows = curve_rows(target / "curves.csv")
     steps = [int(r["step"]) for r in rows]
     out.lost = len(set(range(1, max_steps + 1)) - set(steps))
@@ -296,7 +355,14 @@ def train_case(work: Path, model: str, seed: int, max_steps: int = 30, save_step
             out.problems.append(f"curve rewards differ from the checkpoint's log at steps {bad}")
     if not (target / "final" / "config.json").is_file():
         out.problems.append("no final policy")
-    ref_curve = {int(r["step"]): float(r["reward"]) for r in curve_rows(ref / "curves.csv")}
+    ref_rows = curve_rows(ref / "curves.csv")
+    if resumed_from:
+        k = resumed_from[0]
+        strip = lambda rs: [{c: v for c, v in r.items() if c != "elapsed_s"} for r in rs if int(r["step"]) <= k]  # noqa: E731
+        if strip(rows) != strip(ref_rows):
+            out.problems.append(f"curve rows 1..{k} (before the first resume's checkpoint) differ from the "
+                                "uninterrupted run's")
+    ref_curve = {int(r["step"]): float(r["reward"]) for r in ref_rows}
     out.max_abs_diff = max((abs(float(r["reward"]) - ref_curve[int(r["step"])]) for r in rows
                             if int(r["step"]) in ref_curve), default=0.0)
     out.seconds = round(time.perf_counter() - t0, 1)
@@ -321,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="kill points (one killed run per seed and command)")
     ap.add_argument("--kills", type=int, default=2, help="kills per run (each resume may be killed again)")
     ap.add_argument("--model", default=None, help="local model directory (default: the tiny random model)")
-    ap.add_argument("--commands", default="score,eval,train")
+    ap.add_argument("--commands", default="score,score-tokens,eval,train")
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--max-delay", type=float, default=0.2,
                     help="kill within this many s of the random row count that triggers it")
@@ -338,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(a.seeds):
             if "score" in commands:
                 outcomes.append(score_case(work / "score", model, score_rows(a.rows), seed, a.kills, a.max_delay))
+            if "score-tokens" in commands:
+                outcomes.append(score_case(work / "score", model, score_rows(a.rows), seed, a.kills, a.max_delay,
+                                           tokens=True))
             if "eval" in commands:
                 outcomes.append(eval_case(work / "eval", model, pair_rows(max(2, a.rows // 4)), seed, a.kills, a.max_delay))
             if "train" in commands:
@@ -349,16 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
           f"model: {a.model or 'tiny random (2 layers)'}; rows {a.rows}, seeds {a.seeds}, kills/run {a.kills}; "
           f"total {time.perf_counter() - t0:.0f} s")
-    print(f"{'command':<8} {'runs':>4} {'kills':>5} {'expected':>8} {'lost':>4} {'dup':>4} {'order':>5} "
-          f"{'max|diff|':>9} {'problems':>8} {'s':>6}")
+    print(f"{'command':<12} {'runs':>4} {'kills':>5} {'expected':>8} {'lost':>4} {'dup':>4} {'order':>5} "
+          f"{'max|diff|':>9} {'sidecar|diff|':>13} {'problems':>8} {'s':>6}")
     for cmd in commands:
         rs = [o for o in outcomes if o.command == cmd]
         if not rs:
             continue
-        print(f"{cmd:<8} {len(rs):>4} {sum(o.kills for o in rs):>5} {rs[0].expected:>8} {sum(o.lost for o in rs):>4} "
+        side = [o.stats_max_abs_diff for o in rs if o.stats_max_abs_diff is not None]
+        print(f"{cmd:<12} {len(rs):>4} {sum(o.kills for o in rs):>5} {rs[0].expected:>8} {sum(o.lost for o in rs):>4} "
               f"{sum(o.duplicated for o in rs):>4} {'bad' if any(o.out_of_order for o in rs) else 'ok':>5} "
-              f"{max(o.max_abs_diff for o in rs):>9.2e} {sum(len(o.problems) for o in rs):>8} "
-              f"{sum(o.seconds for o in rs):>6.0f}")
+              f"{max(o.max_abs_diff for o in rs):>9.2e} {f'{max(side):.2e}' if side else '-':>13} "
+              f"{sum(len(o.problems) for o in rs):>8} {sum(o.seconds for o in rs):>6.0f}")
     for o in outcomes:
         for p in o.problems:
             print(f"{o.command} seed {o.seed}: {p}")

@@ -361,6 +361,92 @@ def c_resume_other_input(ctx):
     assert rc == 1 and "row 1 does not match input row 1: not the same input" in err
 
 
+# -- endorm score --tokens --resume: the token-stats sidecar -------------------------------------------------------
+
+ROWS8 = [{"prompt": f"Question {k}?", "response": "Answer " * (k + 1)} for k in range(8)]
+
+
+def tokens_run_killed_after(ctx: Ctx, n: int) -> list[dict[str, Any]]:
+    """A `--tokens` run of ROWS8 whose output ends after ``n`` rows (as if killed); the full rows."""
+    rc, err = score(ctx, lines(*ROWS8), "--tokens")
+    assert rc == 0, err
+    full = read_out(ctx.out)
+    ctx.out.write_text(lines(*full[:n]))
+    return full
+
+
+def arrays_agree(ctx: Ctx, full: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resume; every row's arrays, read back from the sidecar, re-aggregate to its reward, which equals the
+    uninterrupted run's (before the fix, rows 1-5 came back with rows 6-8's arrays)."""
+    from endorm import rewards as R
+    from endorm.reward_model import RewardConfig
+    from endorm.stats_file import StatsReader
+
+    rc, err = score(ctx, None, "--tokens", "--resume")
+    assert rc == 0, err
+    got = read_out(ctx.out)
+    assert [g["reward"] for g in got] == pytest.approx([f["reward"] for f in full], abs=TOL)
+    reader, c = StatsReader(score_cmd.stats_path(ctx.out)), RewardConfig()
+    for k, g in enumerate(got, start=1):
+        lp, v = reader.get(g["token_stats"]["plain"], g["token_stats_id"], f"row {k}")
+        assert float(R.outcome(lp, v, c.aggregation, c.gamma, c.alpha)[1]) == pytest.approx(g["reward"], abs=TOL)
+    assert {g["token_stats_id"] for g in got} == {reader.id}
+    return got
+
+
+def c_resume_missing_sidecar(ctx):
+    full = tokens_run_killed_after(ctx, 5)
+    score_cmd.stats_path(ctx.out).unlink()
+    ctx.fixture("caplog").set_level("WARNING")
+    arrays_agree(ctx, full)
+    assert "row 1's token stats do not resolve (out.jsonl.stats.f32 is missing); scoring rows 1-5 again" \
+        in ctx.fixture("caplog").text
+
+
+def c_resume_cut_sidecar(ctx):
+    full = tokens_run_killed_after(ctx, 5)
+    side = score_cmd.stats_path(ctx.out)
+    off, n, _ = full[2]["token_stats"]["plain"]
+    with open(side, "rb+") as f:
+        f.truncate(4 * (off + n))  # inside row 3's arrays
+    ctx.fixture("caplog").set_level("WARNING")
+    got = arrays_agree(ctx, full)
+    assert [g["token_stats"] for g in got[:2]] == [f["token_stats"] for f in full[:2]]  # rows 1-2 kept
+    assert "row 3's token stats do not resolve (reference" in ctx.fixture("caplog").text
+
+
+def c_resume_foreign_sidecar(ctx):
+    full = tokens_run_killed_after(ctx, 5)
+    other = ctx.tmp / "other.jsonl"
+    rc, err = score(ctx, lines(*ROWS8[::-1]), "--tokens", output=other)  # the same arrays, in another run's file
+    assert rc == 0, err
+    ctx.inp.write_text(lines(*ROWS8))
+    score_cmd.stats_path(other).replace(score_cmd.stats_path(ctx.out))
+    ctx.fixture("caplog").set_level("WARNING")
+    arrays_agree(ctx, full)
+    assert "row 1's token stats do not resolve (the record points into the file" in ctx.fixture("caplog").text
+
+
+def c_resume_old_sidecar(ctx):
+    import numpy as np
+
+    side = score_cmd.stats_path(ctx.out)  # the format before the header: flat float32, refs [offset, n]
+    side.write_bytes(np.zeros(4, dtype="<f4").tobytes())
+    ctx.out.write_text(lines(dict(OK, reward=1.0, token_rewards={}, token_stats={"plain": [0, 2]})))
+    before = ctx.out.read_text()
+    rc, err = score(ctx, lines(OK, OK2), "--tokens", "--resume")
+    assert rc == 1 and "out.jsonl.stats.f32 predates checked token stats" in err, err
+    assert "Rerun with --overwrite, or delete out.jsonl.stats.f32 to have --resume rescore them" in err
+    assert ctx.out.read_text() == before and side.stat().st_size == 16
+
+
+def c_resume_tokens_mismatch(ctx):
+    ctx.out.write_text(lines(dict(OK, reward=1.0)))
+    rc, err = score(ctx, lines(OK, OK2), "--tokens", "--resume")
+    assert rc == 1 and "row 1 was scored without --tokens; resume without it" in err, err
+    assert ctx.out.read_text() == lines(dict(OK, reward=1.0))
+
+
 # -- endorm score: flags and --config ------------------------------------------------------------------------------
 
 def c_invalid_gamma(ctx):
@@ -760,6 +846,42 @@ def c_eval_bad_row(ctx):
     eval_fails(ctx, "p.jsonl line 2, field 'chosen': is empty", "--benchmark", "pairs", "--data", str(ctx.tmp / "p.jsonl"))
 
 
+def c_eval_resume_missing_sidecar(ctx):
+    from endorm.eval.variants import Variant, variant_records
+
+    (ctx.tmp / "p.jsonl").write_text(lines(*[{"prompt": f"Q{i}?", "chosen": "yes " * (i + 1), "rejected": "no"}
+                                             for i in range(4)]))
+    argv = ["eval", "--model", str(ctx.model_dir), "--benchmark", "pairs", "--data", str(ctx.tmp / "p.jsonl"),
+            "--method", "endorm", "--aggregation", "sum,mean", "--gamma", "1", "--items-per-batch", "1",
+            "--plot", "false", "--progress", "false", "--output-dir"]
+    out = ctx.tmp / "eval"
+    assert main([*argv, str(out)]) == 0 and main([*argv, str(ctx.tmp / "fresh")]) == 0
+    recs = out / "examples.jsonl"
+    recs.write_text("".join(recs.read_text().splitlines(keepends=True)[:2]))
+    (out / "token_stats.f32").unlink()
+    ctx.fixture("caplog").set_level("WARNING")
+    assert main([*argv, str(out), "--resume"]) == 0
+    assert "2 endorm records' token stats do not resolve (first: endorm|pairs/0|" in ctx.fixture("caplog").text
+    assert len(read_out(recs)) == 4
+    s = Variant("sum")
+    got, want = (variant_records(d, [s])[0][s] for d in (out, ctx.tmp / "fresh"))
+    assert sorted((r["id"], r["scores"]) for r in got) == sorted((r["id"], r["scores"]) for r in want)
+
+
+def c_reaggregate_foreign_sidecar(ctx):
+    (ctx.tmp / "p.jsonl").write_text(lines({"prompt": "Q?", "chosen": "yes", "rejected": "no"}))
+    argv = ["eval", "--model", str(ctx.model_dir), "--benchmark", "pairs", "--data", str(ctx.tmp / "p.jsonl"),
+            "--method", "endorm", "--plot", "false", "--progress", "false", "--output-dir"]
+    a, b = ctx.tmp / "a", ctx.tmp / "b"
+    assert main([*argv, str(a)]) == 0 and main([*argv, str(b)]) == 0
+    (b / "token_stats.f32").replace(a / "token_stats.f32")  # the same arrays, but another run's file
+    ctx.capsys.readouterr()
+    rc = main(["eval", "--reaggregate", str(a), "--aggregation", "sum,mean"])
+    err = ctx.capsys.readouterr().err
+    assert rc == 1 and "examples.jsonl, record endorm|pairs/0|: the record points into the file" in err, err
+    assert not (a / "variants.json").exists()
+
+
 # -- the table -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -811,6 +933,11 @@ CASES = [
     Case("dev-full", "score", "`--output /dev/full`: the same error at the first batch", c_dev_full),
     Case("resume-corrupt-line", "score", "`--resume` on an edited output: error `out.jsonl line 2: cannot resume: this finished line is not valid JSON`; file intact", c_resume_corrupt_line),
     Case("resume-other-input", "score", "`--resume` with another input: error `row 1 does not match input row 1: not the same input`", c_resume_other_input),
+    Case("resume-missing-sidecar", "score", "`--resume --tokens` with `OUT.stats.f32` deleted: warning `row 1's token stats do not resolve (out.jsonl.stats.f32 is missing); scoring rows 1-5 again`; every row's arrays re-aggregate to its reward", c_resume_missing_sidecar),
+    Case("resume-cut-sidecar", "score", "`--resume --tokens` with the sidecar shorter than its rows say: the rows whose arrays resolve are kept, from the first that does not (`reference [...] lies outside ...`) the rows are scored again", c_resume_cut_sidecar),
+    Case("resume-foreign-sidecar", "score", "`--resume --tokens` with another run's sidecar: warning `... the record points into the file ID1, but ... is the file ID2`; every row scored again into a new sidecar", c_resume_foreign_sidecar),
+    Case("resume-old-sidecar", "score", "`--resume --tokens` on a sidecar of an older endorm (no header, rows without `token_stats_id`): error `... out.jsonl.stats.f32 predates checked token stats (...) Rerun with --overwrite, or delete out.jsonl.stats.f32 to have --resume rescore them`; files intact", c_resume_old_sidecar),
+    Case("resume-tokens-mismatch", "score", "`--resume --tokens` on rows scored without `--tokens` (or the reverse): error `row 1 was scored without --tokens; resume without it, or use --overwrite`", c_resume_tokens_mismatch),
     Case("invalid-gamma", "score flags", "exit 2, `gamma must be in (0, 1], got 2.0`", c_invalid_gamma),
     Case("invalid-alpha", "score flags", "exit 2, `alpha must be > 0, got 0.0`", c_invalid_alpha),
     Case("nan-alpha", "score flags", "exit 2, `alpha must be > 0, got nan`", c_nan_alpha),
@@ -865,6 +992,8 @@ CASES = [
     Case("eval-missing-data", "eval", "error `data file not found: ...`", c_eval_missing_data),
     Case("eval-empty-data", "eval", "error `no items to evaluate`", c_eval_empty_data),
     Case("eval-bad-row", "eval", "error `p.jsonl line 2, field 'chosen': is empty`; no examples.jsonl", c_eval_bad_row),
+    Case("eval-resume-missing-sidecar", "eval", "`--resume` with `token_stats.f32` deleted (or cut short, or another run's): warning `2 endorm records' token stats do not resolve (first: endorm\\|pairs/0\\|, ...)`; those records are scored again, every other record is kept", c_eval_resume_missing_sidecar),
+    Case("reaggregate-foreign-sidecar", "eval", "`--reaggregate` with another run's (or a cut) sidecar: error `.../examples.jsonl, record endorm\\|pairs/0\\|: the record points into the file ID1, but token_stats.f32 is the file ID2`", c_reaggregate_foreign_sidecar),
 ]
 
 

@@ -1,9 +1,12 @@
-"""Crash and resume for real: `endorm score`, `endorm eval` and `endorm train` run as subprocesses on the tiny
-model, killed with SIGKILL at a seeded random point after their first finished row, then resumed with --resume.
+"""Crash and resume for real: `endorm score` (also with --tokens), `endorm eval` and `endorm train` run as
+subprocesses on the tiny model, killed with SIGKILL at a seeded random point after their first finished row,
+then resumed with --resume.
 
 The runs and checks live in benchmarks/crash_resume.py (which repeats them at larger sizes): no row lost,
-none duplicated, rows in input order and scores equal to an uninterrupted run (1e-5); for train, curve steps
-1..max_steps each once, and the newest checkpoint's step and logged rewards agree with the curve.
+none duplicated, rows (eval: records) in the uninterrupted run's order and scores equal to it (1e-5); with
+token stats, every row's arrays resolve in the sidecar (file id, range, checksum) and re-aggregate to its score;
+for train, curve steps 1..max_steps each once, the newest checkpoint's step and logged rewards agree with the
+curve, and the rows up to the checkpoint the resume started from equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -42,18 +45,28 @@ def test_score_killed_and_resumed(work, tiny_model_dir, seed, kills):
     assert o.max_abs_diff <= TOL, o
 
 
+@pytest.mark.parametrize("seed,kills", [(3, 1), (4, 2)])
+def test_score_tokens_killed_and_resumed(work, tiny_model_dir, seed, kills):
+    rows = cr.score_rows(640)  # 10 blocks of 64 rows, each block's arrays written before its rows
+    o = cr.score_case(work / "score-tokens", str(tiny_model_dir), rows, seed, kills=kills, max_delay=0.15, tokens=True)
+    check(o)
+    assert o.command == "score-tokens" and o.max_abs_diff <= TOL and o.stats_max_abs_diff <= TOL, o
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_eval_killed_and_resumed(work, tiny_model_dir, seed):
     o = cr.eval_case(work / "eval", str(tiny_model_dir), cr.pair_rows(320), seed, kills=1, max_delay=0.15)
-    check(o)
-    assert o.expected == 640 and o.max_abs_diff <= TOL, o
+    check(o)  # out_of_order: the records' keys differ in order from the uninterrupted run's
+    assert o.expected == 640 and o.max_abs_diff <= TOL and o.stats_max_abs_diff <= TOL, o
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_train_killed_and_resumed(work, tiny_model_dir, seed):
     pytest.importorskip("trl", reason="endorm[rl] extra (trl, datasets) not installed")
     o = cr.train_case(work / "train", str(tiny_model_dir), seed, max_steps=30, save_steps=3, kills=1, max_delay=0.2)
-    check(o)
+    check(o)  # includes: curve rows up to the resumed checkpoint equal the uninterrupted run's
+    # and the rest too: a resumed run replays the uninterrupted one (weights, optimizer, RNG, prompt order)
+    assert o.max_abs_diff <= TOL, o
 
 
 def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path):

@@ -295,5 +295,6 @@ def test_score_tokens_sidecar_reaggregates_to_direct_scoring(tmp_path, tiny_mode
     for agg, gamma in (("sum", 1.0), ("mean", 1.0), ("discounted", 0.9), ("logprob", 0.8)):
         direct = rm.with_config(aggregation=agg, gamma=gamma).score([r["prompt"] for r in rows],
                                                                    [r["response"] for r in rows])
-        again = [float(R.outcome(*reader.get(s["token_stats"]["plain"]), agg, gamma, 1.0)[1]) for s in scored]
+        again = [float(R.outcome(*reader.get(s["token_stats"]["plain"], s["token_stats_id"]), agg, gamma, 1.0)[1])
+                 for s in scored]
         assert again == pytest.approx(direct, abs=1e-5), agg

@@ -114,3 +114,117 @@ def test_grpo_config_checkpointing_under_the_current_name(tmp_path, on):
         warnings.simplefilter("error", FutureWarning)  # a deprecated TrainingArguments name would raise here
         args = build_grpo_config(TrainConfig(output_dir=str(tmp_path), gradient_checkpointing=on, device="cpu"))
     assert args.gradient_checkpointing is on
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _probe(snapshot_at: int, crash_at: int | None = None):
+    """A callback that records the state a run's steps start from: the global step at the start of training and
+    at the first step, and the parameters, optimizer state and learning rate when ``snapshot_at`` steps are done;
+    with ``crash_at``, it stops the run (an exception, like a kill) at the start of that step."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        begin_step = first_step = snapshot = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.begin_step = state.global_step
+
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
+            if self.first_step is None:
+                self.first_step = state.global_step
+            if state.global_step == snapshot_at and self.snapshot is None:
+                opt = optimizer.state_dict()
+                self.snapshot = {
+                    "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                    "opt": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()}
+                            for k, s in opt["state"].items()},
+                    "lr": lr_scheduler.get_last_lr(),
+                }
+            if crash_at is not None and state.global_step == crash_at:
+                raise _Crash(f"stopped at the start of step {crash_at + 1}")
+
+    return Probe()
+
+
+@pytest.mark.parametrize("max_steps,save_steps,crash_at", [(4, 2, 3), (5, 3, 4)])
+def test_resume_starts_at_the_checkpoint(tiny_dir, tmp_path, max_steps, save_steps, crash_at):
+    """Killed after step ``crash_at`` with a checkpoint every ``save_steps`` (k = the last one before the kill;
+    2 steps per epoch here, so k lies on an epoch boundary in one case and inside the second epoch in the
+    other): --resume starts at step k, not 0 (global step; weights, optimizer state and learning rate exactly
+    the uninterrupted run's after step k), keeps curve rows 1..k, logs the steps after k again, and the whole
+    curve then equals the uninterrupted run's: the resumed run is a replay (it was not before the prompt order
+    of later epochs was fixed, ``EpochOrder``)."""
+    import torch
+
+    from endorm.rl.trainer import last_checkpoint, train
+
+    model_dir, data = tiny_dir
+    k = crash_at // save_steps * save_steps
+    common = dict(reward="neg_entropy", dataset=str(data), max_steps=max_steps, beta=0.0, num_generations=2,
+                  per_device_train_batch_size=4, max_completion_length=8, learning_rate=1e-3, save_steps=save_steps,
+                  save_total_limit=3, seed=0, prompt_template="plain")
+
+    def rm():
+        m, t = tiny_model_and_tokenizer(seed=0)
+        return EndogenousRewardModel.from_model(m, t)
+
+    def curve(d):
+        return [{c: v for c, v in r.items() if c != "elapsed_s"} for r in csv.DictReader(open(d / "curves.csv"))]
+
+    ref = _probe(snapshot_at=k)
+    train(TrainConfig(output_dir=str(tmp_path / "ref"), **common), model_path=str(model_dir), reward_model=rm(),
+          callbacks=[ref])
+    want_curve = curve(tmp_path / "ref")
+    assert ref.begin_step == 0 and ref.snapshot is not None
+    run = tmp_path / "run"
+    first = _probe(snapshot_at=-1, crash_at=crash_at)
+    with pytest.raises(_Crash):
+        train(TrainConfig(output_dir=str(run), **common), model_path=str(model_dir), reward_model=rm(),
+              callbacks=[first])
+    assert [int(r["step"]) for r in curve(run)] == list(range(1, crash_at + 1))
+    assert last_checkpoint(run).name == f"checkpoint-{k}"
+    again = _probe(snapshot_at=k)
+    train(TrainConfig(output_dir=str(run), resume=True, **common), model_path=str(model_dir), reward_model=rm(),
+          callbacks=[again])
+    assert (again.begin_step, again.first_step) == (k, k)  # not step 0
+    got, want = again.snapshot, ref.snapshot
+    assert got["lr"] == want["lr"]
+    assert got["params"].keys() == want["params"].keys()
+    assert all(torch.equal(got["params"][n], want["params"][n]) for n in want["params"])
+    assert got["opt"].keys() == want["opt"].keys() and len(want["opt"]) > 0
+    for key, st in want["opt"].items():
+        assert st.keys() == got["opt"][key].keys()
+        for n, v in st.items():
+            assert torch.equal(got["opt"][key][n], v) if torch.is_tensor(v) else got["opt"][key][n] == v, (key, n)
+    rows = curve(run)
+    assert [int(r["step"]) for r in rows] == list(range(1, max_steps + 1))
+    assert rows[:k] == want_curve[:k]  # the rows before the checkpoint are kept
+    assert rows == want_curve  # and the steps after it replay the uninterrupted run's
+    state = json.loads((last_checkpoint(run) / "trainer_state.json").read_text())
+    assert state["global_step"] == max_steps  # the Trainer also saves at the last step
+    assert [h["step"] for h in state["log_history"] if "reward" in h] == list(range(1, state["global_step"] + 1))
+
+
+def test_epoch_order_matches_trl_and_survives_a_restart():
+    """Epoch e's order is TRL's (e+1)-th draw, whether the sampler ran through epochs 0..e-1 or was just built."""
+    from trl.trainer.utils import RepeatSampler
+
+    from endorm.rl.trainer import EpochOrder
+
+    data = list(range(10))
+    plain = RepeatSampler(data, mini_repeat_count=2, batch_size=2, seed=3)
+    trl_orders = [list(plain) for _ in range(3)]
+    assert trl_orders[0] != trl_orders[1]
+    ours = EpochOrder(RepeatSampler(data, mini_repeat_count=2, batch_size=2, seed=3))
+    orders = []
+    for e in range(3):
+        ours.set_epoch(e)
+        orders.append(list(ours))
+    assert orders == trl_orders
+    fresh = EpochOrder(RepeatSampler(data, mini_repeat_count=2, batch_size=2, seed=3))
+    fresh.set_epoch(2)  # a resume into the third epoch
+    assert list(fresh) == trl_orders[2] and len(fresh) == len(plain)

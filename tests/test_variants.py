@@ -85,22 +85,29 @@ def test_split_counts_are_the_reported_ones(shared_data):
 
 
 def test_stats_file_roundtrip_and_torn_tail(tmp_path):
+    import zlib
+
+    from endorm.stats_file import HEADER_VALUES, StatsError
+
     p = tmp_path / "s.f32"
     a = TokenStats([1, 2, 3], torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([3.0, 2.0, 1.0]))
     b = TokenStats([4], torch.tensor([-0.25]), torch.tensor([7.0]))
     with StatsWriter(p) as w:
         refs = w.write([a, b])
-    assert refs == [[0, 3], [6, 1]]
+        fid = w.id
+    h = HEADER_VALUES  # the header comes first; offsets count from the start of the file
+    crc_b = zlib.crc32(torch.cat([b.logprobs, b.values]).numpy().tobytes())
+    assert [r[:2] for r in refs] == [[h, 3], [h + 6, 1]] and refs[1][2] == crc_b
     with open(p, "ab") as f:  # a crash in the middle of a value
         f.write(b"\x00\x01")
     with StatsWriter(p, resume=True) as w:
-        assert w.write([b]) == [[8, 1]]
+        assert w.write([b]) == [[h + 8, 1, crc_b]] and w.id == fid  # appended to the same file
     r = StatsReader(p)
-    lp, v = r.get(refs[0])
+    lp, v = r.get(refs[0], fid)
     assert torch.equal(lp, a.logprobs) and torch.equal(v, a.values)
-    assert torch.equal(r.get([8, 1])[1], b.values)
-    with pytest.raises(ValueError, match="outside the file"):
-        r.get([9, 5])
+    assert torch.equal(r.get([h + 8, 1, crc_b], fid)[1], b.values)
+    with pytest.raises(StatsError, match="row 9: reference .* lies outside"):
+        r.get([h + 9, 5, 0], fid, "row 9")
 
 
 def test_contrast_examples():

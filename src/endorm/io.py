@@ -90,6 +90,22 @@ def count_complete_lines(path: Path) -> int:
     return n
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path``'s content with ``text`` atomically (a temporary file, fsynced, renamed over it), so a
+    crash leaves either the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
 class JsonlWriter:
     """Append rows to a JSONL file, flushed and fsynced per batch, so finished rows survive a crash.
 
@@ -112,6 +128,22 @@ class JsonlWriter:
         self._created = False
         self._f: Any = None
         self._probe()  # fail now, not after the model has loaded and scored a batch
+
+    def keep_first(self, n: int) -> None:
+        """Cut a resumed file back to its first ``n`` rows (the rest is redone), before anything is appended."""
+        if n >= self.done:
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            pos = seen = 0
+            while seen < n:
+                end = data.index(b"\n", pos) + 1
+                seen += bool(data[pos:end].strip())
+                pos = end
+            f.truncate(pos)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done = n
 
     def _probe(self) -> None:
         created = not self.path.exists()

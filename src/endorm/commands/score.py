@@ -3,7 +3,10 @@
 Rows are ``{"prompt", "response"}`` or ``{"messages": [...]}`` (the last message the assistant's), with an
 optional ``"system"``; every input field is kept. All rows are validated before any scoring starts, so
 a bad row fails fast with its line number. Output is appended and flushed as it goes; ``--resume``
-continues an interrupted run with no duplicates and no gaps.
+continues an interrupted run with no duplicates and no gaps. With ``--tokens``, a resume first checks every
+finished row's arrays against the sidecar (``endorm.stats_file``): from the first row whose arrays are
+missing (sidecar deleted, cut short or from another run) the rows are scored again, never pointed at
+other rows' arrays.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from endorm.chat import Encoded
 from endorm.io import JsonlWriter, read_jsonl, row_to_example
 from endorm.reward_model import EndogenousRewardModel, RewardConfig
 from endorm.rows import scored_row
-from endorm.stats_file import StatsWriter
+from endorm.stats_file import ID_FIELD, StatsWriter, check_for_resume
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ class Config(RewardConfig):
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu, cuda, cuda:1"})
     tokens: bool = field(default=False, metadata={
         "help": "also write token-level rewards (log pi, V(s_t), r_t) and keep the float32 arrays in "
-                "OUTPUT.stats.f32 (row field token_stats = {context: [offset, n]}; see endorm.stats_file)"})
+                "OUTPUT.stats.f32 (row fields token_stats = {context: [offset, n, crc32]} and token_stats_id; "
+                "see endorm.stats_file)"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run of the same input/output"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
     show: int = field(default=10, metadata={"help": "print a table of the first N scored rows (0: none)"})
@@ -60,8 +64,9 @@ def reward_config(cfg: Config) -> RewardConfig:
     return RewardConfig(**base)
 
 
-def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
-    """The output's last row must be the scored copy of the input's row ``done - 1``."""
+def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str, tokens: bool) -> None:
+    """The output's last row must be the scored copy of the input's row ``done - 1``, scored with the same
+    ``--tokens`` (else the file would mix rows with and without token rewards)."""
     if done == 0:
         return
     if done > len(rows):
@@ -71,6 +76,19 @@ def _check_resume(rows: list[dict[str, Any]], done: int, out_path: str) -> None:
     if any(last.get(k) != v for k, v in expected.items() if k not in ("reward", "token_rewards", "token_stats")):
         raise ValueError(f"{out_path} row {done} does not match input row {done}: not the same input; "
                          "use --overwrite to start again")
+    if ("token_rewards" in last) != tokens:
+        raise ValueError(f"{out_path} row {done} was scored {'with' if not tokens else 'without'} --tokens; resume "
+                         f"{'with' if not tokens else 'without'} it, or use --overwrite to start again")
+
+
+def _keep_verified_rows(writer: JsonlWriter, out_path: str) -> None:
+    """Cut the finished rows back to those whose arrays resolve in the sidecar; the rest is scored again."""
+    done = list(itertools.islice(_iter_jsonl_rows(out_path), writer.done))
+    check = check_for_resume(stats_path(out_path), done, out_path)
+    if check.bad:
+        log.warning("--resume: row %d's token stats do not resolve (%s); scoring rows %d-%d again (%d of them "
+                    "lack their arrays)", check.prefix + 1, check.reason, check.prefix + 1, len(done), len(check.bad))
+        writer.keep_first(check.prefix)
 
 
 def _iter_jsonl_rows(path: str):
@@ -91,7 +109,9 @@ def run(cfg: Config) -> int:
     rows = [r for _, r in numbered]
     examples = [row_to_example(r, where=f"line {n}") for n, r in numbered]
     writer = JsonlWriter(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
-    _check_resume(rows, writer.done, cfg.output)
+    _check_resume(rows, writer.done, cfg.output, cfg.tokens)
+    if cfg.tokens and cfg.engine == "local" and writer.done:
+        _keep_verified_rows(writer, cfg.output)
     start = writer.done
     if start:
         log.info("resuming: %d of %d rows already in %s", start, len(rows), cfg.output)
@@ -122,6 +142,7 @@ def run(cfg: Config) -> int:
                 refs = {"plain": sw.write(stats), **({rm.config.contrast: sw.write(base)} if base else {})}
                 for j, row in enumerate(out):
                     row["token_stats"] = {ctx: r[j] for ctx, r in refs.items()}
+                    row[ID_FIELD] = sw.id
             writer.write(out)
             bar.update(len(block))
     _print_table(cfg.output, cfg.show)

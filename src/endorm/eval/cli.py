@@ -225,12 +225,14 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     t_start = time.perf_counter()
     systems = [name for name, _ in systems_for(items, _split(cfg.dsp_systems) or DSP_DOMAINS)]
     wanted = {record_key(m, it.id, s) for m in methods for it in items for s in systems}
+    keep = cfg.token_stats and "endorm" in methods
+    fresh_stats = _drop_unverified(records_path) if cfg.resume and keep else True
     done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
     n_new = 0
     if wanted <= done:  # everything is scored already: only summarise (no model, examples.jsonl untouched)
         log.info("all %d items are scored already in %s; summarising", len(items), records_path)
     else:
-        n_new = _score(cfg, methods, items, records_path, settings, model, tokenizer, extra)
+        n_new = _score(cfg, methods, items, records_path, settings, model, tokenizer, extra, keep, fresh_stats)
     elapsed = time.perf_counter() - t_start
     recs = [r for r in read_records(records_path) if r["key"] in wanted]
     summary = {
@@ -252,17 +254,39 @@ def run(cfg: Config, model: Any = None, tokenizer: Any = None, extra: dict[str, 
     return 0
 
 
+def _drop_unverified(records_path: Path) -> bool:
+    """Before a resume: drop the ``endorm`` records whose arrays do not resolve in the sidecar (it was
+    deleted, cut short or is another run's), so they are scored again; True when no kept record points
+    into the sidecar (it is then started again)."""
+    from endorm.io import replace_file
+    from endorm.stats_file import check_for_resume
+
+    if not records_path.exists():
+        return True
+    lines = [x for x in records_path.read_text(encoding="utf-8").split("\n")[:-1] if x.strip()]
+    recs = [json.loads(x) for x in lines]
+    endo = [i for i, r in enumerate(recs) if r["method"] == "endorm"]
+    check = check_for_resume(records_path.parent / STATS_FILE, [recs[i] for i in endo], str(records_path))
+    if check.bad:
+        drop = {endo[i] for i in check.bad}
+        log.warning("--resume: %d endorm records' token stats do not resolve (first: %s, %s); scoring them again",
+                    len(drop), recs[endo[check.bad[0]]]["key"], check.reason)
+        replace_file(records_path, "".join(x + "\n" for i, x in enumerate(lines) if i not in drop))
+    return check.none_kept
+
+
 def _score(cfg: Config, methods: list[str], items: list, records_path: Path, settings: dict[str, Any],
-           model: Any, tokenizer: Any, extra: dict[str, Any] | None) -> int:
+           model: Any, tokenizer: Any, extra: dict[str, Any] | None, keep: bool, fresh_stats: bool) -> int:
+    """Score what is not done; ``keep``: write the endorm arrays, to a new sidecar if ``fresh_stats``."""
     from contextlib import nullcontext
 
     from endorm.eval.harness import evaluate
     from endorm.io import JsonlWriter
     from endorm.stats_file import StatsWriter
 
-    keep = cfg.token_stats and "endorm" in methods
+    stats_resume = cfg.resume and not fresh_stats
     with JsonlWriter(records_path, resume=cfg.resume, overwrite=cfg.overwrite) as writer, \
-            (StatsWriter(records_path.parent / STATS_FILE, resume=cfg.resume) if keep else nullcontext()) as sw:
+            (StatsWriter(records_path.parent / STATS_FILE, resume=stats_resume) if keep else nullcontext()) as sw:
         done = {r["key"] for r in read_records(records_path)} if cfg.resume else set()
         base = [m for m in methods if not (extra and m in NEEDS_EXTRA_MODEL)]
         loaded = {**load_models(cfg, base, model, tokenizer), **(extra or {})}

@@ -15,7 +15,7 @@ from endorm.eval.data import Item, dsp_comparisons
 from endorm.eval.methods import EndoRMMethod, Method, StatsMemo
 from endorm.eval.metrics import best_of_n_credit, margin
 from endorm.eval.prompts import DSP_DOMAINS, DSP_SYSTEM_PROMPTS
-from endorm.stats_file import StatsWriter
+from endorm.stats_file import ID_FIELD, StatsWriter
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -46,7 +46,8 @@ def score_item_group(
     """Score a batch of items under one system prompt; one record per item.
 
     With ``stats_writer``, the ``endorm`` method's per-token arrays (every context it computed) go to the
-    sidecar first, and each record gets ``token_stats = {context: [[offset, n] per response]}``.
+    sidecar first, and each record gets ``token_stats = {context: [[offset, n, crc32] per response]}`` and
+    ``token_stats_id`` (the sidecar's id; see ``endorm.stats_file``).
     """
     sys = lambda it: system_text if system_text is not None else it.system  # noqa: E731
     examples: list[Example] = [it.example(k, sys(it)) for it in items for k in range(len(it.responses))]
@@ -64,6 +65,7 @@ def score_item_group(
             rec = _record(method, it, system_name, scores=scores[pos : pos + n])
             if refs is not None:
                 rec["token_stats"] = {ctx: r[pos : pos + n] for ctx, r in refs.items()}
+                rec[ID_FIELD] = stats_writer.id
             pos += n
             records.append(rec)
         return records

@@ -156,7 +156,7 @@ def variant_records(run_dir: str | Path, variants: Sequence[Variant]) -> tuple[d
         refs = rec.get("token_stats")
         if not refs:
             raise ValueError(f"{run_dir}: record {rec['key']} has no token stats (run made before they were kept)")
-        arrays = {ctx: [reader.get(ref) for ref in lst] for ctx, lst in refs.items()}
+        arrays = reader.arrays(rec, f"{run_dir / 'examples.jsonl'}, record {rec['key']}")
         lengths = [ref[1] for ref in refs["plain"]]
         for var, s in scores_for(arrays, variants, alpha).items():
             new = {k: v for k, v in rec.items() if k not in ("token_stats", "pair_probs")}

@@ -3,6 +3,11 @@
 The policy is loaded by TRL from a path (TRL also builds the KL reference model from that path when
 beta > 0); the reward model is a separate frozen copy of the base model (``reward_model`` or the policy's
 own starting weights), so the reward never moves while the policy trains.
+
+``--resume`` continues from the newest complete checkpoint with the Trainer's own restore (weights,
+optimizer, scheduler, RNG, global step, data position) plus one repair: the prompt order of each epoch is
+made a function of the epoch (``EpochOrder``), so a run resumed past its first epoch sees the prompts an
+uninterrupted run would (TRL's sampler would start again from the first epoch's order).
 """
 
 from __future__ import annotations
@@ -92,6 +97,48 @@ def build_grpo_config(cfg: TrainConfig) -> Any:
     )
 
 
+class EpochOrder:
+    """Wraps TRL's ``RepeatSampler`` so epoch e's order is the (e+1)-th permutation drawn after seeding.
+
+    TRL seeds the sampler's generator once and draws one permutation per pass, so in an uninterrupted run
+    epoch e gets the (e+1)-th draw; a resumed run builds a new sampler and would get the first draw again.
+    Here every pass reseeds and skips e draws first (the Trainer calls ``set_epoch`` before each epoch,
+    also on resume): the same orders as TRL's in an uninterrupted run, and the right one after a resume.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        import torch
+
+        inner = self.inner
+        if getattr(inner, "shuffle", False) and getattr(inner, "seed", None) is not None:
+            inner.generator.manual_seed(inner.seed)
+            for _ in range(self.epoch):
+                torch.randperm(inner.num_samples, generator=inner.generator)
+        self.epoch += 1  # a pass without set_epoch moves on, as TRL's sampler does
+        return iter(inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _trainer_class(rollout_sampler: str = "policy") -> Any:
+    """TRL's GRPOTrainer (or its int8-rollout subclass, ``endorm.rl.rollout``) with the resumable epoch order."""
+    from endorm.rl.rollout import rollout_trainer_class
+
+    class Trainer(rollout_trainer_class(rollout_sampler)):
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            return EpochOrder(super()._get_train_sampler(dataset))
+
+    return Trainer
+
+
 def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model: Any | None = None,
                   data_dir: str | Path | None = None, callbacks: list | None = None) -> Any:
     """A ready GRPOTrainer. ``model_path`` overrides ``cfg.model`` (already resolved to a loadable path);
@@ -123,11 +170,8 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     args = build_grpo_config(cfg)
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    from endorm.rl.rollout import rollout_trainer_class
-
-    trainer_cls = rollout_trainer_class(cfg.rollout_sampler)
-    return trainer_cls(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
-                       processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
+    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
+                                               processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
 
 
 def lora_config(cfg: TrainConfig) -> Any:
