@@ -358,7 +358,7 @@ def train_case(work: Path, model: str, seed: int, max_steps: int = 30, save_step
     ref_rows = curve_rows(ref / "curves.csv")
     if resumed_from:
         k = resumed_from[0]
-        strip = lambda rs: [{c: v for c, v in r.items() if c != "elapsed_s"} for r in rs if int(r["step"]) <= k]  # noqa: E731
+        strip = lambda rs: [{c: v for c, v in r.items() if c not in ("elapsed_s", "peak_rss_mb")} for r in rs if int(r["step"]) <= k]  # noqa: E731
         if strip(rows) != strip(ref_rows):
             out.problems.append(f"curve rows 1..{k} (before the first resume's checkpoint) differ from the "
                                 "uninterrupted run's")

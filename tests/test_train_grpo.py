@@ -56,8 +56,14 @@ def test_two_step_grpo_run(tiny_dir, tmp_path, reward, beta):
     final = train(cfg, model_path=str(model_dir), reward_model=rm)
     rows = list(csv.DictReader(open(tmp_path / reward / "curves.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2]
+    main = next(c for c in rows[0] if c.startswith("reward_") and c not in
+                ("reward_std", "reward_answered", "reward_distinct_answers"))
     for r in rows:
         assert r["reward"] != "" and float(r["completion_length"]) > 0 and r["entropy"] != ""
+        # the weight-0 monitors are logged but do not enter the reward
+        assert 0 <= float(r["reward_answered"]) <= 1 and 0 < float(r["reward_distinct_answers"]) <= 1
+        assert float(r["reward"]) == pytest.approx(float(r[main]), rel=1e-4, abs=1e-4)
+        assert float(r["peak_rss_mb"]) > 10
         if beta > 0:
             assert r["kl"] != ""
     assert (tmp_path / reward / "curves.png").stat().st_size > 1000
@@ -173,7 +179,7 @@ def test_resume_starts_at_the_checkpoint(tiny_dir, tmp_path, max_steps, save_ste
         return EndogenousRewardModel.from_model(m, t)
 
     def curve(d):
-        return [{c: v for c, v in r.items() if c != "elapsed_s"} for r in csv.DictReader(open(d / "curves.csv"))]
+        return [{c: v for c, v in r.items() if c not in ("elapsed_s", "peak_rss_mb")} for r in csv.DictReader(open(d / "curves.csv"))]
 
     ref = _probe(snapshot_at=k)
     train(TrainConfig(output_dir=str(tmp_path / "ref"), **common), model_path=str(model_dir), reward_model=rm(),
@@ -228,3 +234,14 @@ def test_epoch_order_matches_trl_and_survives_a_restart():
     fresh = EpochOrder(RepeatSampler(data, mini_repeat_count=2, batch_size=2, seed=3))
     fresh.set_epoch(2)  # a resume into the third epoch
     assert list(fresh) == trl_orders[2] and len(fresh) == len(plain)
+
+
+def test_monitors_on_hand_made_groups():
+    from endorm.rl.rewards import AnsweredMonitor, DistinctAnswersMonitor
+
+    prompts = ["p"] * 4 + ["q"] * 4
+    comps = ["The answer is 4.", "so \\boxed{4}", "It is 4.0", "no idea",
+             "\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{3}"]
+    assert AnsweredMonitor()(prompts, comps) == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # group p: answers 4, 4, 4.0 (normalised to 4), none -> 2 distinct of 4; group q: 1, 2, 3 -> 3 of 4
+    assert DistinctAnswersMonitor()(prompts, comps) == [0.5] * 4 + [0.75] * 4

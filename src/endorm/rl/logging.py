@@ -2,7 +2,8 @@
 
 Columns: step, elapsed seconds, reward (mean over the batch), reward_std, kl (to the reference model, only
 logged by TRL when beta > 0), completion mean length, entropy (of the policy over completion tokens),
-loss, learning rate, and the mean of every reward function (``rewards/<name>/mean``). The CSV is flushed
+loss, learning rate, the process's peak RSS, and the mean of every reward function (``rewards/<name>/mean``,
+the weight-0 monitors ``answered`` and ``distinct_answers`` included). The CSV is flushed
 every step, so a run that is stopped keeps its curve; a resumed run appends.
 """
 
@@ -19,7 +20,7 @@ from transformers import TrainerCallback
 __all__ = ["CurveLogger", "plot_curves", "read_curves", "CURVE_COLUMNS"]
 
 CURVE_COLUMNS = ["step", "elapsed_s", "reward", "reward_std", "kl", "completion_length", "entropy", "loss",
-                 "learning_rate", "clipped_ratio"]
+                 "learning_rate", "clipped_ratio", "peak_rss_mb"]
 # TRL's metric names -> ours
 _TRL_KEYS = {
     "reward": "reward",
@@ -63,7 +64,8 @@ class CurveLogger(TrainerCallback):
             return
         if self._rows == 0 and self.csv_path.exists():
             self._drop_rows_from(state.global_step)
-        row: dict[str, Any] = {"step": state.global_step, "elapsed_s": round(time.time() - self._t0, 2)}
+        row: dict[str, Any] = {"step": state.global_step, "elapsed_s": round(time.time() - self._t0, 2),
+                               "peak_rss_mb": round(_peak_rss_mb(), 1)}
         for k, ours in _TRL_KEYS.items():
             if k in logs:
                 row[ours] = logs[k]
@@ -95,6 +97,15 @@ class CurveLogger(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.csv_path.exists():
             plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _fmt(v: Any) -> str:

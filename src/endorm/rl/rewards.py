@@ -28,7 +28,7 @@ import torch
 from endorm.integrations.trl import EndogenousRewardFunction, split_conversation
 from endorm.mathx.grading import extract_answer, is_equiv, normalize_answer
 
-__all__ = ["REWARDS", "make_reward_func", "masked_token_entropy", "completion_text"]
+__all__ = ["REWARDS", "MONITORS", "make_reward_func", "masked_token_entropy", "completion_text"]
 
 REWARDS = ("endogenous", "mean_logprob", "neg_entropy", "majority", "correctness")
 
@@ -139,6 +139,43 @@ class CorrectnessReward:
         if len(gold) != len(completions):
             raise ValueError(f"column 'answer' has {len(gold)} values for {len(completions)} completions")
         return [float(is_equiv(extract_answer(completion_text(c)), g)) for c, g in zip(completions, gold, strict=True)]
+
+
+def _group_indices(prompts: Sequence[Any]) -> list[list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(repr(p), []).append(i)
+    return list(groups.values())
+
+
+class AnsweredMonitor:
+    """1.0 when the completion has an extractable final answer (logged with weight 0: a curve, not a reward)."""
+
+    __name__ = "answered"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        return [float(extract_answer(completion_text(c)) is not None) for c in completions]
+
+
+class DistinctAnswersMonitor:
+    """The share of distinct answers in the completion's group (1 = all differ, 1/G = all agree; no answer
+    counts as one more answer); logged with weight 0, it shows a collapse to one answer."""
+
+    __name__ = "distinct_answers"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        keys = [extract_answer(completion_text(c)) for c in completions]
+        keys = [normalize_answer(k) if k is not None else None for k in keys]
+        out = [0.0] * len(completions)
+        for idx in _group_indices(prompts):
+            share = len({keys[i] for i in idx}) / len(idx)
+            for i in idx:
+                out[i] = share
+        return out
+
+
+# reward functions with weight 0: TRL logs their means per step (rewards/<name>/mean), the loss ignores them
+MONITORS = (AnsweredMonitor, DistinctAnswersMonitor)
 
 
 def make_reward_func(name: str, erm: EndogenousRewardFunction | None = None) -> Any:

@@ -149,7 +149,7 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     from endorm.integrations.trl import EndogenousRewardFunction
     from endorm.models import resolve
     from endorm.rl.logging import CurveLogger
-    from endorm.rl.rewards import make_reward_func
+    from endorm.rl.rewards import MONITORS, make_reward_func
 
     path = model_path or resolve(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -167,10 +167,13 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
             p.requires_grad_(False)
         erm = EndogenousRewardFunction(reward_model)
     reward_fn = make_reward_func(cfg.reward, erm)
+    monitors = [m() for m in MONITORS]
     args = build_grpo_config(cfg)
+    args.reward_weights = [1.0] + [0.0] * len(monitors)  # the monitors are curves, not rewards
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[reward_fn], args=args, train_dataset=dataset,
+    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[reward_fn, *monitors], args=args,
+                                               train_dataset=dataset,
                                                processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
 
 
