@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 from endorm.mathx.data import MathProblem
-from endorm.mathx.grading import extract_answer, is_equiv
+from endorm.mathx.grading import extract_answer, grade_verdict
 
 __all__ = [
     "PROMPT_TEMPLATES",
@@ -119,19 +119,22 @@ def evaluate_problems(
     batch_size: int = 8,
     **gen_kwargs,
 ) -> Iterable[dict]:
-    """Yield one record per problem (question, answer, completions, extracted answers, correctness),
-    batch by batch so callers can write them as they come."""
+    """Yield one record per problem (question, answer, completions, extracted answers, correctness and the
+    grader that decided each), batch by batch so callers can write them as they come. Correctness is
+    ``grade_verdict``'s (math-verify's extraction and comparison); ``predictions`` are endorm's own
+    extraction, for reading."""
     for chunk in _batches(list(problems), batch_size):
         prompts = [build_prompt(tokenizer, p.question, template, system) for p in chunk]
         comps = generate_texts(model, tokenizer, prompts, batch_size=batch_size, **gen_kwargs)
         for p, cs in zip(chunk, comps, strict=True):
             preds = [extract_answer(c) for c in cs]
-            correct = [bool(is_equiv(pr, p.answer)) for pr in preds]
+            verdicts = [grade_verdict(c, p.answer) for c in cs]
             yield {
                 "id": p.id,
                 "source": p.source,
                 "answer": p.answer,
                 "completions": cs,
                 "predictions": preds,
-                "correct": correct,
+                "correct": [v.correct for v in verdicts],
+                "graders": [v.grader for v in verdicts],
             }
