@@ -210,6 +210,11 @@ def test_rewrites_before_math_verify():
     assert grading._answer_for_math_verify("3 x") == "\\boxed{3 x}"  # only a unit word is taken off
     assert grading._answer_for_math_verify(27.0) == "\\boxed{27}"
     assert grade("the mass is \\boxed{6e24} kg", "6 \\times 10^{24}")
+    # GSM8K's answer line (test solution 227): math-verify alone would take 33.333 from the line before
+    gsm = "32 / 96 * 100% = 33.333...%, which rounds down to 33%\n#### 33"
+    assert grade_verdict(gsm, "33") == grading.Verdict(True, "math-verify")
+    assert grading._completion_for_math_verify(gsm) == "\\boxed{33}"
+    assert grading._completion_for_math_verify("\\boxed{5}\n#### 4") == "\\boxed{5}\n#### 4"  # its own box wins
     assert not grade("the mass is \\boxed{6e25} kg", "6 \\times 10^{24}")
 
 
