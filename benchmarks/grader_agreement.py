@@ -4,6 +4,8 @@
 Two kinds of text are graded against each set's reference answer (as ``endorm math-eval`` loads it):
 - ``boxed``: the reference itself re-rendered as a model would end an answer,
   ``The final answer is $\\boxed{<reference>}$.`` (a grader should accept every one);
+- ``other``: the next problem's reference rendered the same way (a grader should reject nearly all: only
+  equal answers, e.g. two problems whose answer is 2, should pass);
 - ``solution``: the set's own worked solution, where its final answer is marked (``\\boxed{}`` in MATH-500,
   AIME24 and Minerva, ``#### N`` in GSM8K; OlympiadBench's solutions mark none and AMC23 has none), so a
   grader should accept nearly all (the reference of GSM8K and Minerva is read from that same text);
@@ -90,6 +92,8 @@ def reference_checks(name: str, limit: int | None) -> dict[str, Any]:
     assert len(raw) == len(problems), name
     keep = range(min(limit, len(problems))) if limit else range(len(problems))
     out = {"boxed": compare((problems[i].id, boxed(problems[i].answer), problems[i].answer) for i in keep)}
+    nxt = [(i + 1) % len(keep) for i in range(len(keep))]
+    out["other"] = compare((problems[i].id, boxed(problems[nxt[i]].answer), problems[i].answer) for i in keep)
     field = SOLUTION_FIELD.get(name)
     if field:
         out["solution"] = compare((problems[i].id, str(raw[i][field]), problems[i].answer) for i in keep
@@ -134,9 +138,9 @@ def main() -> None:
         res = compare(completion_triples(paths))
         summary["completions"] = {"files": [str(p) for p in paths], **res}
         lines.append(_row("model outputs", res))
-    import math_verify
+    from importlib.metadata import version
 
-    summary["math_verify_version"] = getattr(math_verify, "__version__", None)
+    summary["math_verify_version"] = version("math-verify")
     summary["limit"] = a.limit
     summary["seconds"] = round(time.monotonic() - t0, 1)
     print("\n".join(lines))
