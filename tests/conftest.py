@@ -48,3 +48,46 @@ def tiny_model_dir(tmp_path_factory, tiny):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def served_tiny(tiny_model_dir, tmp_path_factory):
+    """`endorm serve` on the tiny model as a subprocess (127.0.0.1, a free port, no key): its base URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("served-tiny") / "server.log"
+    cmd = [sys.executable, "-m", "endorm", "serve", "--model", str(tiny_model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning"]
+    env = {k: v for k, v in os.environ.items() if k != "ENDORM_API_KEY"}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 300:  # bounded; generous: importing torch is slow on a busy machine
+            if proc.poll() is not None:
+                raise RuntimeError(f"endorm serve exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("endorm serve did not come up within 300 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -92,3 +92,6 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
     assert summary["tiny"]["gsm8k"]["n"] == 3 and "pass@2" in summary["tiny"]["gsm8k"]
     rows = (out / "tiny" / "gsm8k.jsonl").read_text().splitlines()
     assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 2
+    for r in map(json.loads, rows):  # each completion's verdict and the grader that gave it
+        assert len(r["correct"]) == len(r["graders"]) == 2
+        assert set(r["graders"]) <= {"math-verify", "fallback", "none"}

@@ -1,15 +1,27 @@
-"""Answer extraction and equivalence on hand-written cases (endorm.mathx.grading)."""
+"""Answer extraction and equivalence on hand-written cases (endorm.mathx.grading): grading is math-verify's
+(checked to be the path taken), with endorm's own grader as the fallback where math-verify cannot run.
+
+Every expectation in the tables below held for endorm's own grader and holds unchanged with math-verify
+(none needed adjusting); "18 dollars" and "4.5e33" hold because the two spellings math-verify misreads are
+rewritten before it sees them. The cases where the two graders differ are in MATH_VERIFY_DECIDES."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from endorm.mathx import grading
 from endorm.mathx.grading import (
+    equiv_verdict,
     extract_answer,
     extract_boxed,
     extract_hash_answer,
     extract_last_number,
+    fallback_grade,
+    fallback_is_equiv,
     grade,
+    grade_verdict,
     is_equiv,
     normalize_answer,
     parse_number,
@@ -106,6 +118,104 @@ EQUIV_CASES = [
 @pytest.mark.parametrize("pred,gold,expected", EQUIV_CASES)
 def test_is_equiv(pred, gold, expected):
     assert is_equiv(pred, gold) is expected
+    v = equiv_verdict(pred, gold)
+    assert v.grader == ("none" if pred in (None, "") or gold is None else "math-verify"), v
+    if v.grader == "math-verify":
+        assert fallback_is_equiv(pred, gold) is expected  # the old grader agreed on every case here
+
+
+# (prediction, gold, math-verify's verdict, endorm's own grader's): math-verify is right each time
+MATH_VERIFY_DECIDES = [
+    ("\\{1, 2\\}", "\\{2, 1\\}", True, False),  # a set has no order
+    ("x \\in [1, 2]", "[1, 2]", True, False),
+    ("(-\\infty, 3]", "x \\le 3", True, False),  # an interval and the inequality that defines it
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True, False),
+    ("3 \\text{ or } 5", "3, 5", True, False),
+]
+
+
+@pytest.mark.parametrize("pred,gold,mv,ours", MATH_VERIFY_DECIDES)
+def test_math_verify_decides_where_the_graders_differ(pred, gold, mv, ours):
+    assert fallback_is_equiv(pred, gold) is ours
+    assert equiv_verdict(pred, gold) == grading.Verdict(mv, "math-verify")
+    assert is_equiv(pred, gold) is mv
+    assert grade(f"so the answer is $\\boxed{{{pred}}}$.", gold) is mv
+
+
+def test_math_verify_functions_are_the_ones_called(monkeypatch):
+    import math_verify
+
+    calls = {"parse": 0, "verify": 0}
+    real_parse, real_verify = math_verify.parse, math_verify.verify
+
+    def parse(*a, **k):
+        calls["parse"] += 1
+        return real_parse(*a, **k)
+
+    def verify(*a, **k):
+        calls["verify"] += 1
+        return real_verify(*a, **k)
+
+    monkeypatch.setattr(math_verify, "parse", parse)
+    monkeypatch.setattr(math_verify, "verify", verify)
+    grading._mv_parse_answer.cache_clear()
+    assert grade("We find $x = \\frac{7}{3}$, so \\boxed{\\frac{14}{6}}", "\\frac73")
+    assert calls == {"parse": 2, "verify": 1}
+    assert not is_equiv("2.5", "\\frac73")
+    assert calls == {"parse": 3, "verify": 2}  # the reference's parse is cached
+
+
+def test_fallback_where_math_verify_extracts_nothing():
+    v = grade_verdict("\\fbox{7}", "7")
+    assert v == grading.Verdict(True, "fallback", "math-verify extracted nothing from the completion")
+    assert not grade_verdict("\\fbox{8}", "7").correct
+
+
+def test_fallback_when_math_verify_raises_or_times_out(monkeypatch):
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    def boom(*a, **k):
+        raise RuntimeError("broken")
+
+    def slow(*a, **k):
+        raise TimeoutException("Operation timed out!")
+
+    grading._mv_parse_answer.cache_clear()
+    monkeypatch.setattr(math_verify, "verify", boom)
+    v = equiv_verdict("0.5", "\\frac12")
+    assert v == grading.Verdict(True, "fallback", "math-verify raised comparing: RuntimeError")
+    monkeypatch.setattr(math_verify, "verify", slow)
+    assert grade_verdict("x = 41", "42") == grading.Verdict(False, "fallback", "math-verify timed out comparing")
+    monkeypatch.setattr(math_verify, "parse", slow)
+    grading._mv_parse_answer.cache_clear()
+    v = grade_verdict("so \\boxed{42}", "42")
+    assert v == grading.Verdict(True, "fallback", "math-verify timed out parsing the reference")
+    grading._mv_parse_answer.cache_clear()
+
+
+def test_fallback_off_the_main_thread():
+    out = {}
+    t = threading.Thread(target=lambda: out.update(v=grade_verdict("so \\boxed{\\{2, 1\\}}", "\\{1, 2\\}")))
+    t.start()
+    t.join(timeout=60)
+    assert out["v"].grader == "fallback" and "main thread" in out["v"].reason
+    assert out["v"].correct is False  # the fallback's ordered reading, not math-verify's set
+    assert grade_verdict("so \\boxed{\\{2, 1\\}}", "\\{1, 2\\}") == grading.Verdict(True, "math-verify")
+
+
+def test_rewrites_before_math_verify():
+    assert grading._answer_for_math_verify("4.5e33") == "\\boxed{4.5\\times10^{33}}"
+    assert grading._answer_for_math_verify("$18 dollars.$") == "\\boxed{18}"
+    assert grading._answer_for_math_verify("3 x") == "\\boxed{3 x}"  # only a unit word is taken off
+    assert grading._answer_for_math_verify(27.0) == "\\boxed{27}"
+    assert grade("the mass is \\boxed{6e24} kg", "6 \\times 10^{24}")
+    # GSM8K's answer line (test solution 227): math-verify alone would take 33.333 from the line before
+    gsm = "32 / 96 * 100% = 33.333...%, which rounds down to 33%\n#### 33"
+    assert grade_verdict(gsm, "33") == grading.Verdict(True, "math-verify")
+    assert grading._completion_for_math_verify(gsm) == "\\boxed{33}"
+    assert grading._completion_for_math_verify("\\boxed{5}\n#### 4") == "\\boxed{5}\n#### 4"  # its own box wins
+    assert not grade("the mass is \\boxed{6e25} kg", "6 \\times 10^{24}")
 
 
 def test_table_is_large_enough():
@@ -125,7 +235,12 @@ def test_normalize_and_parse():
 def test_grade_end_to_end():
     gsm_gold = extract_answer("She makes 9 * 2 = $18 every day.\n#### 18")
     assert gsm_gold == "18"
-    assert grade("Janet has 16-3-4=9 eggs, 9*2 = 18. The answer is 18.", gsm_gold)
-    assert grade("so she makes \\boxed{\\$18}", gsm_gold)
-    assert not grade("so she makes \\boxed{20}", gsm_gold)
-    assert not grade("I do not know.", gsm_gold)
+    for text, ok in [("Janet has 16-3-4=9 eggs, 9*2 = 18. The answer is 18.", True),
+                     ("so she makes \\boxed{\\$18}", True), ("Janet sells 9 eggs.\n#### 18", True),
+                     ("so she makes \\boxed{20}", False), ("I do not know.", False)]:
+        assert grade(text, gsm_gold) is ok
+        assert fallback_grade(text, gsm_gold) is ok
+    assert grade_verdict("so she makes \\boxed{20}", gsm_gold).grader == "math-verify"
+    # a number only, no answer: math-verify finds nothing, nor does the fallback
+    assert grade_verdict("I do not know.", gsm_gold) == grading.Verdict(
+        False, "fallback", "math-verify extracted nothing from the completion")

@@ -1,22 +1,30 @@
-"""The verl adapter against verl's documented interface, with verl itself faked minimally: a DataProto-like
-object holding ``batch`` (prompts left padded, responses right padded, attention_mask) and
-``non_tensor_batch``. Rewards are checked against direct scoring with the tiny model, in process and
-through the reward server (FastAPI TestClient)."""
+"""The verl adapter inside verl 0.9.1 itself (installed by scripts/install-integrations, without its
+pinned dependencies): batches are verl's own ``DataProto``; the batch manager is registered in and built
+through ``verl.workers.reward_manager`` and checked against verl's ``NaiveRewardManager`` running endorm's
+``compute_score``; the reward-loop manager is loaded and run by verl's ``RewardLoopWorker`` (its
+``load_reward_manager``, ``compute_score_batch``), as verl 0.9's trainer does, against ``endorm serve`` on
+the tiny model. Rewards are checked against direct scoring with the same model."""
 
-from dataclasses import dataclass, field
+import asyncio
+import inspect
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from omegaconf import OmegaConf
+from verl import DataProto
 
 from endorm.integrations.verl import (
+    EndormRewardLoopManager,
     EndormRewardManager,
     EndormScorer,
     align_token_rewards,
     compute_score,
     compute_score_batch,
 )
+from endorm.io import row_to_example
 from endorm.serve.app import create_app
 
 PAIRS = [
@@ -24,17 +32,6 @@ PAIRS = [
     ("Write a poem about the sea.", "The sea, the wind and the rain."),
     ("What is 6 times 7?", "The answer is 42."),
 ]
-
-
-@dataclass
-class FakeDataProto:
-    """Only what a reward manager touches: batch tensors, non-tensor arrays and len()."""
-
-    batch: dict
-    non_tensor_batch: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return self.batch["responses"].shape[0]
 
 
 def make_batch(tok, pairs, resp_len=24, raw=False, empty_last=False):
@@ -50,10 +47,22 @@ def make_batch(tok, pairs, resp_len=24, raw=False, empty_last=False):
     responses = torch.tensor([x + [pad] * (resp_len - len(x)) for x in r_ids])
     mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) + [1] * len(r) + [0] * (resp_len - len(r))
                          for p, r in zip(p_ids, r_ids, strict=True)])
-    nt = {"data_source": np.array(["toy"] * len(pairs), dtype=object)}
+    nt = {"data_source": np.array(["toy"] * len(pairs), dtype=object),
+          "reward_model": np.array([{"ground_truth": "unused"} for _ in pairs], dtype=object),
+          "extra_info": np.array([{"prompt": [{"role": "user", "content": p}]} for p, _ in pairs], dtype=object)}
     if raw:
-        nt["raw_prompt"] = np.array([[{"role": "user", "content": p}] for p, _ in pairs] + [None], dtype=object)[:-1]
-    return FakeDataProto({"prompts": prompts, "responses": responses, "attention_mask": mask}, nt), r_ids
+        nt["raw_prompt"] = _object_array([[{"role": "user", "content": p}] for p, _ in pairs])
+    tensors = {"prompts": prompts, "responses": responses, "attention_mask": mask,
+               "input_ids": torch.cat([prompts, responses], dim=1)}
+    return DataProto.from_dict(tensors=tensors, non_tensors=nt), r_ids
+
+
+def _object_array(items):
+    # one object per row, as verl's dataset stores chats (np.array would make a 2-D array of dicts)
+    out = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        out[i] = x
+    return out
 
 
 @pytest.mark.parametrize("raw", [False, True])
@@ -150,3 +159,116 @@ def test_compute_score_functions(tiny_rm, monkeypatch):
     assert batch == pytest.approx(ref, abs=1e-4)
     with pytest.raises(ValueError, match="extra_info has no 'prompt'"):
         compute_score("toy", "x", None, {"question": "q"})
+
+
+# -- verl's own reward-manager machinery -----------------------------------------------------------
+def test_batch_manager_in_verls_registry_matches_verls_naive_manager(tiny_rm, monkeypatch):
+    """Registered and built as verl builds a ``verl.workers.reward_manager`` manager; its outcome rewards
+    equal those of verl's own NaiveRewardManager running endorm's compute_score on the same DataProto."""
+    from verl.workers.reward_manager import NaiveRewardManager, get_reward_manager_cls, register
+    from verl.workers.reward_manager.abstract import AbstractRewardManager
+
+    import endorm.integrations.verl as V
+
+    register("endorm-test")(EndormRewardManager)
+    cls = get_reward_manager_cls("endorm-test")
+    assert cls is EndormRewardManager
+    assert set(AbstractRewardManager.__abstractmethods__) <= set(vars(EndormRewardManager))
+    tok = tiny_rm.tokenizer
+    data, r_ids = make_batch(tok, PAIRS, raw=True)
+    ours = cls(tokenizer=tok, num_examine=1, compute_score=None, reward_fn_key="data_source", rm=tiny_rm,
+               token_level=False)(data, return_dict=True)
+    monkeypatch.setattr(V, "_scorer", lambda *a: EndormScorer(rm=tiny_rm))
+    theirs = NaiveRewardManager(tok, num_examine=0, compute_score=compute_score)(data, return_dict=True)
+    assert torch.allclose(ours["reward_tensor"], theirs["reward_tensor"], atol=1e-4)
+    ref = tiny_rm.score([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    for i in range(len(PAIRS)):
+        assert theirs["reward_tensor"][i, len(r_ids[i]) - 1].item() == pytest.approx(ref[i], abs=1e-4)
+
+
+def _loop_config(tiny_model_dir, manager: dict, reward_kwargs: dict | None = None, custom_fn: dict | None = None):
+    """The parts of verl 0.9's trainer config that its RewardLoopWorker reads."""
+    return OmegaConf.create({
+        "actor_rollout_ref": {"model": {"path": str(tiny_model_dir), "tokenizer_path": None}},
+        "reward": {
+            "custom_reward_function": custom_fn or {"path": None, "name": "compute_score"},
+            "reward_manager": manager,
+            "reward_model": {"enable": False},
+            "sandbox_fusion": None,
+            "reward_kwargs": reward_kwargs or {},
+        },
+    })
+
+
+def test_reward_loop_worker_runs_endorms_manager(tiny_rm, tiny_model_dir, served_tiny):
+    """verl's RewardLoopWorker loads EndormRewardLoopManager by importlib (the way that reaches its Ray
+    workers), scores each sample against endorm serve, and the manager assembles rm_scores like verl's base."""
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+    from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+    manager = {"source": "importlib", "name": "EndormRewardLoopManager",
+               "module": {"path": "pkg://endorm.integrations.verl", "name": "unused"}}
+    worker = RewardLoopWorker(_loop_config(tiny_model_dir, manager, {"server_url": served_tiny}))
+    assert type(worker.reward_manager) is EndormRewardLoopManager
+    assert set(RewardManagerBase.__abstractmethods__) <= set(vars(EndormRewardLoopManager))
+    assert inspect.iscoroutinefunction(EndormRewardLoopManager.run_single)
+    data, r_ids = make_batch(worker.input_tokenizer, PAIRS, empty_last=True)
+    out = worker.loop.run_until_complete(worker.compute_score_batch(data))  # its loop, as in its Ray actor
+    ref = tiny_rm.score([p for p, _ in PAIRS[:2]], [r for _, r in PAIRS[:2]])
+    scores = [o["reward_score"] for o in out]
+    assert scores[:2] == pytest.approx(ref, abs=1e-4) and scores[2] == 0.0  # the EOS-only response
+    assert [o["reward_extra_info"]["endorm_reward"] for o in out] == scores
+    rm_scores = EndormRewardLoopManager.assemble_rm_scores(data, scores)
+    assert torch.equal(rm_scores, RewardManagerBase.assemble_rm_scores(data, scores))
+    for i in range(2):
+        assert rm_scores[i, len(r_ids[i]) - 1].item() == pytest.approx(ref[i], abs=1e-4)
+        assert torch.count_nonzero(rm_scores[i]).item() == 1
+
+
+def test_reward_loop_worker_runs_compute_score_over_http(tiny_rm, tiny_model_dir, served_tiny):
+    """verl's own reward-loop NaiveRewardManager calling endorm's compute_score, loaded by verl from
+    custom_reward_function (with its reward_kwargs), against endorm serve."""
+    manager = {"source": "register", "name": "naive", "module": {"path": None, "name": "unused"}}
+    custom = {"path": "pkg://endorm.integrations.verl", "name": "compute_score",
+              "reward_kwargs": {"server_url": served_tiny, "prompt_key": "question"}}
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+    from verl.experimental.reward_loop.reward_manager import NaiveRewardManager
+
+    worker = RewardLoopWorker(_loop_config(tiny_model_dir, manager, custom_fn=custom))
+    assert type(worker.reward_manager) is NaiveRewardManager
+    data, _ = make_batch(worker.input_tokenizer, PAIRS)
+    data.non_tensor_batch["extra_info"] = np.array([{"question": p} for p, _ in PAIRS], dtype=object)
+    out = worker.loop.run_until_complete(worker.compute_score_batch(data))  # its loop, as in its Ray actor
+    ref = tiny_rm.score([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    assert [o["reward_score"] for o in out] == pytest.approx(ref, abs=1e-4)
+
+
+def test_reward_loop_manager_settings_and_errors(tiny_rm):
+    cfg = OmegaConf.create({"reward": {"reward_kwargs": {"system": "Be brief.", "empty_reward": -3,
+                                                           "overlong_buffer_cfg": {"enable": False}}}})
+    mgr = EndormRewardLoopManager(cfg, tiny_rm.tokenizer, None, rm=tiny_rm)
+    assert mgr.empty_reward == -3.0 and mgr.reader.system == "Be brief."
+    data, _ = make_batch(tiny_rm.tokenizer, PAIRS[:1])
+    got = asyncio.run(mgr.run_single(data))["reward_score"]
+    row = {"prompt": PAIRS[0][0], "response": PAIRS[0][1], "system": "Be brief."}
+    assert got == pytest.approx(tiny_rm.score_examples([row_to_example(row)])[0], abs=1e-4)
+    assert got != pytest.approx(tiny_rm.score([PAIRS[0][0]], [PAIRS[0][1]])[0], abs=1e-4)
+    with pytest.raises(ValueError, match="tokenizer"):
+        EndormRewardLoopManager(cfg, None, None, rm=tiny_rm)
+
+
+def test_compute_score_batch_is_verls_batch_manager_function(tiny_rm, monkeypatch):
+    """verl's BatchRewardManager calls compute_score_batch with its own keyword names."""
+    from verl.workers.reward_manager import BatchRewardManager
+
+    import endorm.integrations.verl as V
+
+    monkeypatch.setattr(V, "_scorer", lambda *a: EndormScorer(rm=tiny_rm))
+    tok = tiny_rm.tokenizer
+    data, r_ids = make_batch(tok, PAIRS)
+    data.non_tensor_batch["extra_info"] = np.array([{"question": p} for p, _ in PAIRS], dtype=object)
+    mgr = BatchRewardManager(tok, num_examine=0, compute_score=partial(compute_score_batch, prompt_key="question"))
+    reward = mgr(data)
+    ref = tiny_rm.score([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    for i in range(len(PAIRS)):
+        assert reward[i, len(r_ids[i]) - 1].item() == pytest.approx(ref[i], abs=1e-4)

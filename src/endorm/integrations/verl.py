@@ -1,14 +1,17 @@
-"""verl adapter: the endogenous reward as a verl ``compute_score`` function and as a reward manager that
-emits token-level rewards.
+"""verl adapter: the endogenous reward as a verl ``compute_score`` function and as reward managers.
 
-Written against verl's documented interfaces, without importing verl (it is not a dependency):
+It imports no verl (verl is not a dependency); tests/test_verl.py runs it inside verl 0.9.1's own code.
 - ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float`` for
   ``custom_reward_function.path/name`` (extra settings come from ``custom_reward_function.reward_kwargs``),
   and ``compute_score_batch`` with lists, for verl's ``batch`` reward manager.
+- ``EndormRewardLoopManager``: a manager of verl's reward loop (``verl.experimental.reward_loop``, what
+  verl 0.9's trainer runs): ``async run_single(data) -> {"reward_score", "reward_extra_info"}`` per sample
+  and ``assemble_rm_scores``. Outcome reward only: that loop takes one number per sample.
 - ``EndormRewardManager(tokenizer, num_examine, compute_score=None, reward_fn_key="data_source", **kw)``
-  whose ``__call__(data, return_dict=False)`` reads a ``DataProto``'s ``batch["prompts"]`` (left padded),
-  ``batch["responses"]`` (right padded) and ``batch["attention_mask"]``, and returns a ``[batch, response
-  length]`` float tensor (or ``{"reward_tensor", "reward_extra_info"}``), like verl's built-in managers.
+  for the batch interface ``verl.workers.reward_manager`` (still shipped in 0.9, no longer what its trainer
+  calls), whose ``__call__(data, return_dict=False)`` reads a ``DataProto``'s ``batch["prompts"]`` (left
+  padded), ``batch["responses"]`` (right padded) and ``batch["attention_mask"]``, and returns a ``[batch,
+  response length]`` float tensor of token-level rewards (or ``{"reward_tensor", "reward_extra_info"}``).
 
 Scoring goes to a running ``endorm serve`` (``server_url``; one ``/score`` request per verl batch, so
 the server batches it with other workers' requests) or to an in-process model (``model`` / ``rm``).
@@ -169,11 +172,63 @@ def align_token_rewards(rm_tokens: Sequence[str], rm_rewards: Sequence[float],
     return out
 
 
-# -- reward manager -------------------------------------------------------------------------------
-class EndormRewardManager:
-    """A verl reward manager whose rewards are endorm's (token-level by default).
+# -- reading a DataProto -------------------------------------------------------------------------
+class _BatchReader:
+    """A verl ``DataProto`` -> endorm rows (one chat per sample) and each sample's valid response ids."""
 
-    verl registers managers by name; see docs/SERVING.md for the two ways to plug this one in.
+    def __init__(self, tokenizer: Any, system: str | None = None):
+        self.tokenizer = tokenizer
+        self.system = system
+        self._splitter = None
+
+    def _messages(self, prompt_ids: list[int], response_ids: list[int], raw: Any, i: int) -> list[Message]:
+        response = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+        if raw is not None:  # verl's data.return_raw_chat=True keeps the chat as a list of messages
+            return [dict(m) for m in raw] + [{"role": "assistant", "content": response}]
+        from endorm.serve.openrlhf import QuerySplitter
+
+        if self._splitter is None:
+            self._splitter = QuerySplitter(self.tokenizer)
+        prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        query = prompt + self.tokenizer.decode(response_ids, skip_special_tokens=False)
+        ex = self._splitter.split(query, prompt, row=i)
+        sys = [{"role": "system", "content": ex.system}] if ex.system is not None else []
+        return sys + ex.messages
+
+    def rows(self, data: Any) -> tuple[list[dict[str, Any]], list[list[int]]]:
+        """(rows as ``/score`` reads them, valid response ids) for ``batch["prompts"]`` (left padded),
+        ``batch["responses"]`` (right padded) and ``batch["attention_mask"]`` over both."""
+        prompts, responses = data.batch["prompts"], data.batch["responses"]
+        mask = data.batch["attention_mask"]
+        p_len = prompts.shape[-1]
+        raw_prompts = data.non_tensor_batch.get("raw_prompt") if hasattr(data, "non_tensor_batch") else None
+        rows, spans = [], []
+        for i in range(len(responses)):
+            n_p = int(mask[i, :p_len].sum())
+            n_r = int(mask[i, p_len:].sum())
+            p_ids = prompts[i, p_len - n_p :].tolist()
+            r_ids = responses[i, :n_r].tolist()
+            raw = raw_prompts[i] if raw_prompts is not None else None
+            msgs = self._messages(p_ids, r_ids, raw, i)
+            row: dict[str, Any] = {"messages": msgs}
+            if self.system is not None and msgs[0]["role"] != "system":
+                row["system"] = self.system
+            rows.append(row)
+            spans.append(r_ids)
+        return rows, spans
+
+
+def _is_empty(row: dict[str, Any]) -> bool:
+    return not row["messages"][-1]["content"].strip()
+
+
+# -- reward manager: verl.workers.reward_manager ---------------------------------------------------
+class EndormRewardManager:
+    """A verl reward manager whose rewards are endorm's (token-level by default), for the batch interface
+    ``verl.workers.reward_manager`` (``AbstractRewardManager``: ``__call__(data, return_dict)``).
+
+    verl registers managers by name; see docs/SERVING.md for the two ways to plug this one in. verl 0.9's
+    trainer computes rewards in its reward loop instead: use ``EndormRewardLoopManager`` there.
     """
 
     def __init__(
@@ -198,47 +253,17 @@ class EndormRewardManager:
         self.num_examine = num_examine
         self.reward_fn_key = reward_fn_key
         self.token_level = token_level
-        self.system = system
+        self.reader = _BatchReader(tokenizer, system)
         self.scorer = EndormScorer(server_url=server_url, api_key=api_key, model=model, rm=rm, client=client)
-        self._splitter = None
-
-    def _messages(self, prompt_ids: list[int], response_ids: list[int], raw: Any, i: int) -> list[Message]:
-        response = self.tokenizer.decode(response_ids, skip_special_tokens=True)
-        if raw is not None:  # verl's data.return_raw_chat=True keeps the chat as a list of messages
-            return [dict(m) for m in raw] + [{"role": "assistant", "content": response}]
-        from endorm.serve.openrlhf import QuerySplitter
-
-        if self._splitter is None:
-            self._splitter = QuerySplitter(self.tokenizer)
-        prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-        query = prompt + self.tokenizer.decode(response_ids, skip_special_tokens=False)
-        ex = self._splitter.split(query, prompt, row=i)
-        sys = [{"role": "system", "content": ex.system}] if ex.system is not None else []
-        return sys + ex.messages
 
     def __call__(self, data: Any, return_dict: bool = False) -> Any:
         import torch
 
         if "rm_scores" in data.batch.keys():  # rewards already computed upstream: pass through, as verl does
             return {"reward_tensor": data.batch["rm_scores"]} if return_dict else data.batch["rm_scores"]
-        prompts, responses = data.batch["prompts"], data.batch["responses"]
-        mask = data.batch["attention_mask"]
-        p_len = prompts.shape[-1]
-        raw_prompts = data.non_tensor_batch.get("raw_prompt") if hasattr(data, "non_tensor_batch") else None
-        rows, spans = [], []
-        for i in range(len(responses)):
-            n_p = int(mask[i, :p_len].sum())
-            n_r = int(mask[i, p_len:].sum())
-            p_ids = prompts[i, p_len - n_p :].tolist()
-            r_ids = responses[i, :n_r].tolist()
-            raw = raw_prompts[i] if raw_prompts is not None else None
-            msgs = self._messages(p_ids, r_ids, raw, i)
-            row: dict[str, Any] = {"messages": msgs}
-            if self.system is not None and msgs[0]["role"] != "system":
-                row["system"] = self.system
-            rows.append(row)
-            spans.append(r_ids)
-        live = [i for i, row in enumerate(rows) if row["messages"][-1]["content"].strip()]
+        rows, spans = self.reader.rows(data)
+        responses = data.batch["responses"]
+        live = [i for i, row in enumerate(rows) if not _is_empty(row)]
         got, got_trs = self.scorer.score([rows[i] for i in live], tokens=self.token_level)
         totals: list[float] = [float(self.empty_reward)] * len(rows)
         trs: list[dict | None] = [None] * len(rows)
@@ -279,3 +304,61 @@ class EndormRewardManager:
                 print("[endorm prompt]", row["messages"][-2]["content"][:200])
                 print("[endorm response]", row["messages"][-1]["content"][:200])
                 print("[endorm reward]", total)
+
+
+# -- reward manager: verl's reward loop (verl 0.9) -------------------------------------------------
+REWARD_LOOP_KWARGS = ("server_url", "api_key", "model", "system", "empty_reward")
+
+
+def _reward_loop_kwargs(config: Any) -> dict[str, Any]:
+    """endorm's settings from verl's ``reward.reward_kwargs`` (the place verl's own DAPO manager reads)."""
+    reward = config.get("reward") if config is not None and hasattr(config, "get") else None
+    kw = (reward.get("reward_kwargs") if reward is not None else None) or {}
+    return {k: kw[k] for k in REWARD_LOOP_KWARGS if k in kw}
+
+
+class EndormRewardLoopManager:
+    """endorm's outcome reward as a manager of verl's reward loop (``verl.experimental.reward_loop``, what
+    verl 0.9's trainer runs): the interface of its ``RewardManagerBase``, without importing verl.
+
+    verl builds it as ``cls(config=, tokenizer=, compute_score=, reward_router_address=,
+    reward_model_tokenizer=)``; settings come from ``reward.reward_kwargs`` (``server_url``, ``api_key``,
+    ``model``, ``system``, ``empty_reward``). ``run_single`` scores one sample (one ``/score`` request; the
+    server batches the concurrent ones); ``assemble_rm_scores`` puts each score on the sample's last response
+    token. That loop takes one number per sample, so this manager gives the outcome reward only.
+    """
+
+    def __init__(self, config: Any = None, tokenizer: Any = None, compute_score: Any = None,
+                 reward_router_address: str | None = None, reward_model_tokenizer: Any = None, **kwargs: Any):
+        kw = {**_reward_loop_kwargs(config), **kwargs}
+        if tokenizer is None:
+            raise ValueError("EndormRewardLoopManager needs the policy's tokenizer (verl passes tokenizer=)")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.empty_reward = float(kw.get("empty_reward", 0.0))
+        self.reader = _BatchReader(tokenizer, kw.get("system"))
+        self.scorer = EndormScorer(server_url=kw.get("server_url"), api_key=kw.get("api_key"),
+                                   model=kw.get("model"), rm=kw.get("rm"), client=kw.get("client"))
+
+    async def run_single(self, data: Any) -> dict[str, Any]:
+        import asyncio
+
+        rows, _ = self.reader.rows(data[-1:])  # several sequences (multi-turn): the last one, as verl's own
+        if _is_empty(rows[0]):
+            reward = self.empty_reward
+        else:
+            got, _tok = await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, rows)
+            reward = float(got[0])
+        return {"reward_score": reward, "reward_extra_info": {"endorm_reward": reward}}
+
+    @classmethod
+    def assemble_rm_scores(cls, data: Any, scores: Sequence[float]) -> Any:
+        """[batch, response length] float32: ``scores[i]`` on sample i's last valid response token."""
+        import torch
+
+        p_len = data.batch["prompts"].shape[-1]
+        n_r = data.batch["attention_mask"][:, p_len:].sum(dim=1)
+        out = torch.zeros_like(data.batch["responses"], dtype=torch.float32)
+        for i, (n, s) in enumerate(zip(n_r.tolist(), scores, strict=True)):
+            out[i, max(int(n), 1) - 1] = float(s)
+        return out

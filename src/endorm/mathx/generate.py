@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 from endorm.mathx.data import MathProblem
-from endorm.mathx.grading import extract_answer, is_equiv
+from endorm.mathx.grading import extract_answer, grade_verdict
 
 __all__ = [
     "PROMPT_TEMPLATES",
@@ -173,9 +173,11 @@ def evaluate_problems(
     sampler=None,
     **gen_kwargs,
 ) -> Iterable[dict]:
-    """Yield one record per problem (question, answer, completions, extracted answers, correctness, token
-    counts, end tokens), batch by batch so callers can write them as they come. ``sampler`` (default
-    ``model``) is the model that generates, e.g. an int8 copy (``make_sampler``)."""
+    """Yield one record per problem (question, answer, completions, extracted answers, correctness and the
+    grader that decided each, token counts, end tokens), batch by batch so callers can write them as they
+    come. Correctness is ``grade_verdict``'s (math-verify's extraction and comparison); ``predictions`` are
+    endorm's own extraction, for reading. ``sampler`` (default ``model``) is the model that generates, e.g.
+    an int8 copy (``make_sampler``)."""
     seed = gen_kwargs.pop("seed", 0)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
@@ -187,14 +189,15 @@ def evaluate_problems(
         for p, cs in zip(chunk, comps, strict=True):
             texts = [c["text"] for c in cs]
             preds = [extract_answer(t) for t in texts]
-            correct = [bool(is_equiv(pr, p.answer)) for pr in preds]
+            verdicts = [grade_verdict(t, p.answer) for t in texts]
             yield {
                 "id": p.id,
                 "source": p.source,
                 "answer": p.answer,
                 "completions": texts,
                 "predictions": preds,
-                "correct": correct,
+                "correct": [v.correct for v in verdicts],
+                "graders": [v.grader for v in verdicts],
                 "n_tokens": [c["n_tokens"] for c in cs],
                 "end_token": [c["end_token"] for c in cs],
             }

@@ -1,22 +1,38 @@
-"""Final-answer extraction and equivalence for math benchmarks.
+"""Final-answer grading for math benchmarks: Hugging Face's math-verify, with endorm's own grader as the
+fallback where math-verify cannot run.
 
-Extraction, in order of preference: the last ``\\boxed{...}`` (or ``\\fbox{...}``), the text after the
-last ``####`` (GSM8K), a sentence "the answer is X", and finally the last number in the text.
+``grade(completion, gold)`` is math-verify's: ``math_verify.parse`` extracts the answer from the completion
+(its LaTeX and expression extraction: ``\\boxed{}``, "final answer is", the last expression or number) and
+from the reference (given ``\\boxed{...}``), and ``math_verify.verify(gold, pred)`` compares them
+(strings, numbers rounded to 6 decimals, sympy, sets, intervals, relations, matrices). ``is_equiv(pred,
+gold)`` does the same for an already extracted answer. Three things math-verify reads wrongly are
+rewritten before it sees them: e-notation (``4.5e33`` -> ``4.5\\times10^{33}``; it reads ``e`` as Euler's
+number); in answers, a unit word after a number (``18 dollars`` -> ``18``; it reads a product of
+symbols); in a completion without a box, GSM8K's ``#### N`` answer line becomes ``\\boxed{N}`` (its
+extraction does not know the marker and took another number in 4 of GSM8K's 1319 test solutions).
 
-Equivalence: both sides are normalised (LaTeX wrappers, ``\\text{}``, units in text, ``$``, degree
-signs, thousands separators, ``\\dfrac`` ...), compared as strings, then as numbers with a relative
-tolerance, then symbolically with sympy after a small LaTeX-to-sympy translation. Tuples/intervals
-and comma-separated lists are compared element by element (in order).
+The fallback (``fallback_is_equiv``, ``fallback_grade``) decides only where math-verify cannot: it raised,
+it hit its time limit (5 s to parse, 5 s to compare), it extracted nothing from the completion or the
+reference (e.g. ``\\fbox{7}``), or the call is not on the main thread (math-verify's time limit is
+SIGALRM). ``grade_verdict`` / ``equiv_verdict`` say which grader decided and why.
 
-Simplification: this is a pragmatic grader in the style of the Qwen2.5-Math / PRIME evaluation
-scripts, not a full LaTeX parser. Matrices, set-builder notation and units with conversions are out
-of scope; when neither side parses, only the normalised strings are compared.
+The fallback: extraction in order of preference: the last ``\\boxed{...}`` (or ``\\fbox{...}``), the
+text after the last ``####`` (GSM8K), a sentence "the answer is X", and finally the last number in the
+text. Both sides are normalised (LaTeX wrappers, ``\\text{}``, units in text, ``$``, degree signs,
+thousands separators, ``\\dfrac`` ...), compared as strings, then as numbers with a relative tolerance,
+then symbolically with sympy after a small LaTeX-to-sympy translation; tuples/intervals and
+comma-separated lists element by element (in order). A pragmatic grader in the style of the Qwen2.5-Math
+/ PRIME evaluation scripts, not a full LaTeX parser: matrices, set-builder notation and units with
+conversions are out of scope. ``extract_answer`` (this extraction) also gives the ``predictions`` that
+``endorm math-eval`` records and the majority-vote reward's keys.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
+from dataclasses import dataclass
 from functools import lru_cache
 
 __all__ = [
@@ -26,8 +42,13 @@ __all__ = [
     "extract_answer",
     "normalize_answer",
     "parse_number",
+    "Verdict",
+    "equiv_verdict",
+    "grade_verdict",
     "is_equiv",
     "grade",
+    "fallback_is_equiv",
+    "fallback_grade",
 ]
 
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -295,8 +316,8 @@ def _scalar_equiv(a: str, b: str, rel_tol: float) -> bool:
     return _sympy_equal(a, b)
 
 
-def is_equiv(pred: str | float | int | None, gold: str | float | int | None, rel_tol: float = 1e-4) -> bool:
-    """Whether a predicted final answer matches the reference (see module doc for the rules)."""
+def fallback_is_equiv(pred: str | float | int | None, gold: str | float | int | None, rel_tol: float = 1e-4) -> bool:
+    """endorm's own equivalence of a predicted final answer and the reference (see the module doc)."""
     if pred is None or gold is None:
         return False
     raw_p, raw_g = str(pred), str(gold)
@@ -326,6 +347,143 @@ def is_equiv(pred: str | float | int | None, gold: str | float | int | None, rel
     return _scalar_equiv(p, g, rel_tol)
 
 
+def fallback_grade(completion: str, gold: str | float | int | None, rel_tol: float = 1e-4) -> bool:
+    """endorm's own grading: ``extract_answer`` on the completion, then ``fallback_is_equiv``."""
+    return fallback_is_equiv(extract_answer(completion), gold, rel_tol=rel_tol)
+
+
+# --------------------------------------------------------------------------------------------- math-verify
+
+MATH_VERIFY = "math-verify"
+FALLBACK = "fallback"
+NOTHING = "none"  # no prediction or no reference: wrong, nothing to compare
+TIMEOUT_S = 5  # math-verify's own default, for parsing and for comparing
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A grading decision: ``correct``, the ``grader`` that decided (``"math-verify"``, ``"fallback"``, or
+    ``"none"`` when there was nothing to compare) and, for the fallback, why math-verify could not."""
+
+    correct: bool
+    grader: str
+    reason: str | None = None
+
+
+class _CannotRun(Exception):
+    """math-verify cannot decide this case; the message is the reason."""
+
+
+_E_NOTATION = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+_NUMBER_WITH_UNIT = re.compile(rf"^(-?[\d,]*\.?\d+)\s+(?:{_UNIT_WORDS})\.?$")
+
+
+def _rewrite_e_notation(text: str) -> str:
+    return _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times10^{{{int(m.group(2))}}}", text)
+
+
+def _answer_for_math_verify(ans: str | float | int) -> str:
+    """A bare final answer as math-verify reads one: without ``$`` delimiters or a trailing unit word, in
+    ``\\boxed{}`` (a bare string would go through its sentence extraction instead)."""
+    if isinstance(ans, (int, float)) and not isinstance(ans, bool):
+        s = normalize_answer(ans)
+    else:
+        s = str(ans).strip()
+        while len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+            s = s[1:-1].strip()
+        s = _NUMBER_WITH_UNIT.sub(r"\1", s)
+    return "\\boxed{" + _rewrite_e_notation(s) + "}"
+
+
+def _completion_for_math_verify(text: str) -> str:
+    """A completion as math-verify reads it: a GSM8K ``#### N`` answer line (a marker its extraction does
+    not know) becomes ``\\boxed{N}`` unless the text has a box of its own; e-notation rewritten."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        hashed = extract_hash_answer(text)
+        if hashed:
+            return _answer_for_math_verify(hashed)
+    return _rewrite_e_notation(text)
+
+
+def _check_thread() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise _CannotRun("not on the main thread (math-verify's time limit is SIGALRM)")
+
+
+def _mv_parse(text: str, what: str) -> list:
+    from math_verify import parse
+    from math_verify.errors import TimeoutException
+
+    try:
+        got = parse(text, parsing_timeout=TIMEOUT_S, raise_on_error=True)
+    except TimeoutException as e:
+        raise _CannotRun(f"math-verify timed out parsing the {what}") from e
+    except Exception as e:  # noqa: BLE001 - any failure inside math-verify means: it cannot decide
+        raise _CannotRun(f"math-verify raised parsing the {what}: {type(e).__name__}") from e
+    if not got:
+        raise _CannotRun(f"math-verify extracted nothing from the {what}")
+    return got
+
+
+@lru_cache(maxsize=8192)
+def _mv_parse_answer(text: str, what: str) -> tuple:
+    return tuple(_mv_parse(text, what))
+
+
+def _mv_verify(gold: tuple, pred: list | tuple) -> bool:
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+
+    try:
+        return bool(verify(list(gold), list(pred), timeout_seconds=TIMEOUT_S, raise_on_error=True))
+    except TimeoutException as e:
+        raise _CannotRun("math-verify timed out comparing") from e
+    except Exception as e:  # noqa: BLE001
+        raise _CannotRun(f"math-verify raised comparing: {type(e).__name__}") from e
+
+
+def _blank(x: object) -> bool:
+    return x is None or not str(x).strip()
+
+
+def _mv_gold(gold: str | float | int) -> tuple:
+    return _mv_parse_answer(_answer_for_math_verify(gold), "reference")
+
+
+def equiv_verdict(pred: str | float | int | None, gold: str | float | int | None, rel_tol: float = 1e-4) -> Verdict:
+    """Whether an extracted answer ``pred`` matches the reference ``gold``, and which grader decided.
+    ``rel_tol`` applies to the fallback only (math-verify rounds numbers to 6 decimals)."""
+    if _blank(pred) or _blank(gold):
+        return Verdict(False, NOTHING)
+    try:
+        _check_thread()
+        g = _mv_gold(gold)
+        p = _mv_parse_answer(_answer_for_math_verify(pred), "answer")
+        return Verdict(_mv_verify(g, p), MATH_VERIFY)
+    except _CannotRun as e:
+        return Verdict(fallback_is_equiv(pred, gold, rel_tol=rel_tol), FALLBACK, str(e))
+
+
+def grade_verdict(completion: str | None, gold: str | float | int | None, rel_tol: float = 1e-4) -> Verdict:
+    """Grade a whole completion against the reference answer ``gold`` (math-verify's extraction and
+    comparison; the fallback where it cannot run), and say which grader decided."""
+    if _blank(completion) or _blank(gold):
+        return Verdict(False, NOTHING)
+    try:
+        _check_thread()
+        g = _mv_gold(gold)
+        p = _mv_parse(_completion_for_math_verify(str(completion)), "completion")
+        return Verdict(_mv_verify(g, p), MATH_VERIFY)
+    except _CannotRun as e:
+        return Verdict(fallback_grade(str(completion), gold, rel_tol=rel_tol), FALLBACK, str(e))
+
+
+def is_equiv(pred: str | float | int | None, gold: str | float | int | None, rel_tol: float = 1e-4) -> bool:
+    """Whether a predicted final answer matches the reference (math-verify; see the module doc)."""
+    return equiv_verdict(pred, gold, rel_tol=rel_tol).correct
+
+
 def grade(completion: str, gold: str | float | int | None, rel_tol: float = 1e-4) -> bool:
-    """Extract the final answer from ``completion`` and compare it with the reference answer ``gold``."""
-    return is_equiv(extract_answer(completion), gold, rel_tol=rel_tol)
+    """Whether ``completion``'s final answer matches the reference ``gold`` (math-verify's extraction and
+    comparison; see the module doc)."""
+    return grade_verdict(completion, gold, rel_tol=rel_tol).correct

@@ -10,7 +10,8 @@
 - ``neg_entropy``: minus the mean token entropy of pi_base(.|s_t) over the completion (entropy-minimisation style).
 - ``majority``: 1 when the completion's extracted answer equals the most common answer of its group (test-time
   RL style, no labels), else 0; completions without an answer get 0.
-- ``correctness``: 1 when the extracted answer matches the dataset's ``answer`` column (the supervised upper bound).
+- ``correctness``: 1 when the completion's answer matches the dataset's ``answer`` column, graded by math-verify
+  (``endorm.mathx.grading.grade``; the supervised upper bound).
 
 Simplification: the intrinsic baselines are computed with the frozen base model (like the endogenous reward),
 not with the current policy as in the self-certainty / entropy-minimisation papers, so every reward here is a
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from endorm.integrations.trl import EndogenousRewardFunction, split_conversation
-from endorm.mathx.grading import extract_answer, is_equiv, normalize_answer
+from endorm.mathx.grading import extract_answer, grade, is_equiv, normalize_answer
 
 __all__ = ["REWARDS", "MONITORS", "make_reward_func", "masked_token_entropy", "completion_text"]
 
@@ -128,7 +129,7 @@ class MajorityVoteReward:
 
 
 class CorrectnessReward:
-    """1.0 when the extracted answer equals the dataset column ``answer`` (ground truth), else 0.0."""
+    """1.0 when the completion's answer matches the dataset column ``answer`` (ground truth; ``grade``), else 0.0."""
 
     __name__ = "correctness"
 
@@ -138,7 +139,7 @@ class CorrectnessReward:
             raise ValueError("the correctness reward needs a dataset column 'answer'")
         if len(gold) != len(completions):
             raise ValueError(f"column 'answer' has {len(gold)} values for {len(completions)} completions")
-        return [float(is_equiv(extract_answer(completion_text(c)), g)) for c, g in zip(completions, gold, strict=True)]
+        return [float(grade(completion_text(c), g)) for c, g in zip(completions, gold, strict=True)]
 
 
 def _group_indices(prompts: Sequence[Any]) -> list[list[int]]:
