@@ -310,3 +310,17 @@ def test_length_cap_holds_the_share_of_greedy_solutions():
     recs[-2:] = [{"n_tokens": [768], "end_token": [None]}] * 2  # two cut at the cap: 8 of 10 ended
     assert length_cap(recs, 0.9) is None
     assert length_cap(recs, 0.8) == 320
+
+
+def test_regrade_file_rewrites_verdicts_with_the_current_grader(tmp_path):
+    from endorm.mathx.cli import regrade_file
+
+    f = tmp_path / "gsm8k.jsonl"
+    recs = [{"id": "a", "answer": "42", "completions": ["so \\boxed{42}", "it is 41"], "correct": [False, True]},
+            {"id": "b", "answer": "7", "completions": ["\\boxed{7}"], "correct": [True]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert regrade_file(f) == 2
+    got = [json.loads(x) for x in f.read_text().splitlines()]
+    assert [g["correct"] for g in got] == [[True, False], [True]]
+    assert got[0]["graders"] == ["math-verify", "math-verify"]
+    assert regrade_file(f) == 0

@@ -68,11 +68,30 @@ class Config:
     greedy_from: str | None = field(default=None, metadata={
         "help": "with --select: take the greedy baseline from this math-eval JSONL (a greedy run over the same "
                 "problems) instead of a new pass"})
+    regrade: bool = field(default=False, metadata={
+        "help": "re-grade the records already in the output files with the current grader (no model; the files "
+                "are rewritten atomically), then summarise"})
     split_seed: int = field(default=0, metadata={"help": "seed of the dev / test halves of the best-of-N report"})
 
 
 def _tag(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip("/").split("/")[-1] if "/" in model else model) or "model"
+
+
+def regrade_file(path: Path) -> int:
+    """Re-grade every completion of a math-eval JSONL with the current grader; returns how many verdicts
+    changed. The file is replaced atomically."""
+    from endorm.io import replace_file
+    from endorm.mathx.grading import grade_verdict
+
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    changed = 0
+    for r in records:
+        verdicts = [grade_verdict(c, r["answer"]) for c in r["completions"]]
+        changed += sum(v.correct != c for v, c in zip(verdicts, r["correct"], strict=True))
+        r["correct"], r["graders"] = [v.correct for v in verdicts], [v.grader for v in verdicts]
+    replace_file(path, "".join(json.dumps(r) + "\n" for r in records))
+    return changed
 
 
 def _bench_tag(bench: str) -> str:
@@ -223,9 +242,14 @@ def run(config: Config) -> int:
     out_root = Path(config.output_dir)
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for name in models:
+        tag = _tag(name)
+        if config.regrade:
+            for b in benchmarks:
+                for f in sorted((out_root / tag).glob(f"{_bench_tag(b)}*.jsonl")):
+                    if not f.name.endswith(".scores.jsonl"):
+                        print(f"{f}: {regrade_file(f)} verdicts changed", flush=True)
         model, tok = load_model_and_tokenizer(None if name == "default" else name, config.dtype, config.device)
         sampler = make_sampler(model, config.sampler)
-        tag = _tag(name)
         summary[tag] = {}
         for b in benchmarks:
             path = out_root / tag / f"{_bench_tag(b)}.jsonl"
