@@ -6,8 +6,10 @@ template), the settings a user can reach with the libraries' own switches:
 - ``fp32``:          transformers ``generate``, float32, dynamic KV cache (the reference);
 - ``static``:        the same with ``cache_implementation="static"`` (preallocated cache);
 - ``bf16``:          weights and activations in bfloat16 (changes the numbers);
-- ``int8``:          ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (int8 weights, dynamic
-                     activation scales; changes the numbers);
+- ``int8``:          ``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear`` (int8 weights with one
+                     scale per tensor, dynamic activation scales; changes the numbers);
+- ``int8pc``:        the same with one weight scale per output channel (``per_channel_dynamic_qconfig``);
+                     ``int8pc-head`` keeps the output layer in float32 (endorm's ``--sampler int8``);
 - ``compile``:       ``torch.compile`` of the forward with the static cache;
 - ``int8+static``, ``bf16+static``: both switches.
 
@@ -31,7 +33,8 @@ import platform
 import time
 from pathlib import Path
 
-SETTINGS = ("fp32", "static", "bf16", "int8", "int8+static", "bf16+static", "compile")
+SETTINGS = ("fp32", "static", "bf16", "int8", "int8+static", "int8pc+static", "int8pc-head+static", "bf16+static",
+            "compile")
 
 
 def _load(name: str, setting: str):
@@ -41,7 +44,11 @@ def _load(name: str, setting: str):
 
     model, tok = load_model_and_tokenizer(name, "bfloat16" if "bf16" in setting else "float32", "cpu")
     model.eval()
-    if "int8" in setting:
+    if "int8pc" in setting:  # per-output-channel weight scales; "-head": the output layer stays float32
+        from endorm.mathx.generate import make_sampler
+
+        model = make_sampler(model, "int8" if "-head" in setting else "int8-all")
+    elif "int8" in setting:  # torch's default: one scale per weight tensor
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     if setting == "compile":
         model.forward = torch.compile(model.forward, dynamic=False)

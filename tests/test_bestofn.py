@@ -324,3 +324,29 @@ def test_regrade_file_rewrites_verdicts_with_the_current_grader(tmp_path):
     assert [g["correct"] for g in got] == [[True, False], [True]]
     assert got[0]["graders"] == ["math-verify", "math-verify"]
     assert regrade_file(f) == 0
+
+
+# ---------------------------------------------------------------- continuous batching engine
+
+
+def test_continuous_engine_matches_generate_greedy(tiny):
+    from endorm.mathx.generate import sample_completions
+
+    model, tok = tiny
+    prompts = [f"<|im_start|>user\nWhat is {i} + {2 * i}?<|im_end|>\n<|im_start|>assistant\n" for i in range(5)]
+    a = sample_completions(model, tok, prompts, max_new_tokens=12, batch_size=2)
+    b = sample_completions(model, tok, prompts, max_new_tokens=12, engine="continuous")
+    assert a == b
+    s = sample_completions(model, tok, prompts, max_new_tokens=6, temperature=1.0, num_samples=3, engine="continuous")
+    assert [len(x) for x in s] == [3] * 5
+    assert all(0 < c["n_tokens"] <= 6 for x in s for c in x)
+
+
+def test_continuous_engine_refuses_a_short_answer(tiny, monkeypatch):
+    from endorm.mathx.generate import sample_completions
+
+    model, tok = tiny
+    real = model.generate_batch
+    monkeypatch.setattr(model, "generate_batch", lambda *a, **k: dict(list(real(*a, **k).items())[:-1]))
+    with pytest.raises(RuntimeError, match="returned 1 of 2 completions"):
+        sample_completions(model, tok, ["a", "b"], max_new_tokens=4, engine="continuous")

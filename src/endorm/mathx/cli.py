@@ -61,6 +61,10 @@ class Config:
     sampler: str = field(default="float32", metadata={
         "help": "float32 | int8: the model that generates (int8: dynamic int8 linear layers, faster on a CPU, "
                 "changes the samples slightly); scoring always uses the --dtype model"})
+    engine: str = field(default="generate", metadata={
+        "help": "generate (left-padded batches of --batch_size sequences) | continuous (transformers' continuous "
+                "batching: --batch_size problems per call, slots refilled as sequences end; the same tokens, "
+                "faster when lengths vary)"})
     cache: str = field(default="static", metadata={
         "help": "KV cache of generation: static (preallocated; faster on a CPU, the same tokens: "
                 "benchmarks/sampling_speed.py) | dynamic"})
@@ -145,7 +149,7 @@ def _generate_file(config: Config, path: Path, problems: list, model: Any, sampl
             model, tok, problems[done:], template=config.prompt_template, system=config.system_prompt,
             batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, temperature=temperature,
             top_p=config.top_p, num_samples=num_samples, seed=config.seed + done, sampler=sampler,
-            cache_implementation=None if config.cache == "dynamic" else config.cache,
+            cache_implementation=None if config.cache == "dynamic" else config.cache, engine=config.engine,
         ):
             w.write([rec])
 
@@ -223,6 +227,8 @@ def run(config: Config) -> int:
         raise ValueError(f"--prompt_template: unknown {config.prompt_template!r}; use {', '.join(PROMPT_TEMPLATES)}")
     if config.num_samples > 1 and config.temperature <= 0:
         raise ValueError("--num_samples > 1 needs --temperature > 0")
+    if config.engine not in ("generate", "continuous"):
+        raise ValueError(f"--engine: unknown {config.engine!r}; use generate or continuous")
     if config.cache not in ("static", "dynamic"):
         raise ValueError(f"--cache: unknown {config.cache!r}; use static or dynamic")
     if config.sampler not in SAMPLERS:

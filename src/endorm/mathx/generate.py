@@ -68,9 +68,15 @@ def sample_completions(
     batch_size: int = 8,
     seed: int = 0,
     cache_implementation: str | None = None,
+    engine: str = "generate",
 ) -> list[list[dict]]:
-    """``num_samples`` completions per prompt (greedy when ``temperature`` is 0), left-padded batches.
-    ``cache_implementation`` is passed to ``generate`` (e.g. ``"static"``).
+    """``num_samples`` completions per prompt (greedy when ``temperature`` is 0; sampling uses the full
+    distribution at ``temperature`` with nucleus ``top_p``: no top-k, no repetition penalty).
+
+    ``engine``: ``generate`` runs left-padded batches of ``batch_size`` sequences through ``model.generate``
+    (``cache_implementation`` is passed on, e.g. ``"static"``); ``continuous`` hands every prompt to
+    transformers' continuous batching (``model.generate_batch``): a finished sequence's slot takes the next
+    one at once, instead of idling until the longest sequence of its batch ends.
 
     Each completion is ``{"text", "n_tokens", "end_token"}``: ``n_tokens`` counts the generated tokens through
     the end token, ``end_token`` is the id that ended it, or None when it was cut at ``max_new_tokens``.
@@ -79,6 +85,10 @@ def sample_completions(
 
     if temperature <= 0 and num_samples > 1:
         raise ValueError("num_samples > 1 needs temperature > 0 (greedy decoding gives identical samples)")
+    if engine == "continuous":
+        return _continuous(model, tokenizer, prompts, max_new_tokens, temperature, top_p, num_samples, seed)
+    if engine != "generate":
+        raise ValueError(f"unknown generation engine {engine!r}; use generate or continuous")
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -94,18 +104,13 @@ def sample_completions(
             if cache_implementation:  # "static": a preallocated KV cache, much faster on a CPU
                 kwargs["cache_implementation"] = cache_implementation
             if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=num_samples)
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                              repetition_penalty=1.0, num_return_sequences=num_samples)
             else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0)
             with torch.inference_mode():
                 gen = model.generate(**enc, **kwargs)
-            rows = []
-            for ids in gen[:, enc["input_ids"].shape[1] :].tolist():
-                cut = next((j for j, t in enumerate(ids) if t in ends), None)
-                body = ids if cut is None else ids[:cut]
-                rows.append({"text": tokenizer.decode(body, skip_special_tokens=True),
-                             "n_tokens": len(body) + (cut is not None),
-                             "end_token": None if cut is None else ids[cut]})
+            rows = [_completion(tokenizer, ids, ends) for ids in gen[:, enc["input_ids"].shape[1] :].tolist()]
             for i in range(len(chunk)):
                 out.append(rows[i * num_samples : (i + 1) * num_samples])
     finally:
@@ -113,32 +118,75 @@ def sample_completions(
     return out
 
 
+def _completion(tokenizer, ids: list[int], ends: set[int]) -> dict:
+    """A generated id list as ``{"text", "n_tokens", "end_token"}``; what follows the first end token is padding."""
+    cut = next((j for j, t in enumerate(ids) if t in ends), None)
+    body = ids if cut is None else ids[:cut]
+    return {"text": tokenizer.decode(body, skip_special_tokens=True), "n_tokens": len(body) + (cut is not None),
+            "end_token": None if cut is None else ids[cut]}
+
+
+def _continuous(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temperature: float, top_p: float,
+                num_samples: int, seed: int) -> list[list[dict]]:
+    """``sample_completions`` through transformers' continuous batching; every request must come back whole."""
+    import torch
+    from transformers import GenerationConfig
+
+    ends = end_ids_of(model, tokenizer)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+        dict(do_sample=False)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=sorted(ends), repetition_penalty=1.0,
+                           pad_token_id=tokenizer.pad_token_id, num_return_sequences=num_samples, **sampling)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        results = list(model.generate_batch(ids, generation_config=cfg, progress_bar=False).values())
+    # generate_batch logs a failed or missing request and returns the rest: that must not pass silently
+    bad = [r.request_id for r in results if r.error is not None]
+    if bad or len(results) != len(ids) * num_samples:
+        raise RuntimeError(f"continuous batching returned {len(results)} of {len(ids) * num_samples} completions"
+                           + (f"; failed: {', '.join(bad[:5])}" if bad else "") + " (see the log above)")
+    rows = [_completion(tokenizer, list(r.generated_tokens), ends) for r in results]
+    return [rows[i * num_samples : (i + 1) * num_samples] for i in range(len(ids))]
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[str], **kwargs) -> list[list[str]]:
     """``sample_completions``' texts only (same arguments)."""
     return [[c["text"] for c in cs] for cs in sample_completions(model, tokenizer, prompts, **kwargs)]
 
 
-SAMPLERS = ("float32", "int8")
+SAMPLERS = ("float32", "int8", "int8-all")
 
 
 def make_sampler(model, kind: str = "float32"):
     """The model that generates: the model itself (``float32``), or a copy whose ``nn.Linear`` layers run
-    with int8 weights and dynamically quantised activations (``int8``: faster on a CPU; it changes the
-    sampled distribution slightly: benchmarks/sampling_speed.py measures by how much). Scoring always uses
-    ``model`` itself."""
+    with int8 weights (one scale per output channel) and dynamically quantised activations: ``int8`` keeps
+    the output layer (the logits) in float32, ``int8-all`` quantises it too. Faster on a CPU; it changes the
+    sampled distribution slightly (benchmarks/sampling_speed.py --kl measures by how much). Scoring always
+    uses ``model`` itself."""
     import copy
-
-    import torch
 
     if kind == "float32":
         return model
-    if kind == "int8":
-        import warnings
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
+    return quantize_linear_layers(copy.deepcopy(model), keep_head=kind == "int8")
 
-        with warnings.catch_warnings():  # torch.ao's deprecation notice, printed once per layer
-            warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-    raise ValueError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
+
+def quantize_linear_layers(model, keep_head: bool = True):
+    """``model`` (changed in place and returned) with its ``nn.Linear`` layers as dynamic int8 layers, one
+    weight scale per output channel; ``keep_head`` leaves the output layer in float32."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    head = model.get_output_embeddings() if keep_head else None
+    spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head}
+    with warnings.catch_warnings():  # torch.ao's deprecation notice, printed once per layer
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -2,7 +2,8 @@
 
 On a CPU the rollouts are most of a GRPO step (benchmarks/sampling_speed.py). ``rollout_trainer_class``
 returns a subclass of TRL's GRPOTrainer whose plain-transformers generation path samples from a copy of the
-policy with LoRA merged in and every ``nn.Linear`` quantised to int8 (dynamic activation scales), rebuilt
+policy with LoRA merged in and every ``nn.Linear`` but the output layer quantised to int8 (one weight scale per
+output channel, dynamic activation scales), rebuilt
 once per optimizer step, with a static KV cache. Everything else (rewards, reference and policy
 log-probabilities, the loss) is TRL's, in float32.
 
@@ -15,7 +16,6 @@ batch (``num_iterations=1``) the ratio in the loss is 1 either way.
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any
 
 __all__ = ["ROLLOUT_SAMPLERS", "quantized_copy", "rollout_trainer_class"]
@@ -24,18 +24,14 @@ ROLLOUT_SAMPLERS = ("policy", "int8")
 
 
 def quantized_copy(model: Any) -> Any:
-    """An inference copy of ``model`` (a PeftModel is merged first) with int8 dynamic ``nn.Linear`` layers."""
-    import torch
+    """An inference copy of ``model`` (a PeftModel is merged first) whose ``nn.Linear`` layers but the output
+    layer run in int8 (``endorm.mathx.generate.quantize_linear_layers``, as ``math-eval --sampler int8``)."""
+    from endorm.mathx.generate import quantize_linear_layers
 
-    src = model
-    if hasattr(src, "merge_and_unload"):  # peft: merge into a copy, leave the training model alone
-        src = copy.deepcopy(src).merge_and_unload()
-    else:
-        src = copy.deepcopy(src)
-    src.eval()
-    with warnings.catch_warnings():  # torch.ao's deprecation notice
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(src, {torch.nn.Linear}, dtype=torch.qint8)
+    src = copy.deepcopy(model)
+    if hasattr(src, "merge_and_unload"):  # peft: merge into the copy, leave the training model alone
+        src = src.merge_and_unload()
+    return quantize_linear_layers(src.eval(), keep_head=True)
 
 
 def rollout_trainer_class(sampler: str) -> type:
