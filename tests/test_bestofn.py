@@ -295,8 +295,18 @@ def test_math_eval_select_end_to_end(tiny_model_dir, tmp_path):
     cfg.resume = True
     assert run(cfg) == 0
     assert (folder / "toy.scores.jsonl").read_text() == before
+    # a run cut between sampling and scoring: the unscored samples are scored on --resume, the same scores
+    lines = before.splitlines(keepends=True)
+    (folder / "toy.scores.jsonl").write_text("".join(lines[:2]))
+    assert run(cfg) == 0
+    assert (folder / "toy.scores.jsonl").read_text() == before
+    # scores for more problems than were sampled do not belong together
+    (folder / "toy.jsonl").write_text("".join((folder / "toy.jsonl").read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(ValueError, match="do not belong together"):
+        run(cfg)
     # --resume against another subset is refused, not mixed
     cfg2 = Config(**{**cfg.__dict__, "limit": 3, "seed": 5})
+    (folder / "toy.scores.jsonl").unlink()
     with pytest.raises(ValueError, match="other problems"):
         run(cfg2)
 

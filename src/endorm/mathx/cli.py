@@ -137,8 +137,9 @@ def format_table(summary: dict[str, dict[str, dict[str, Any]]], benchmarks: list
 
 
 def _generate_file(config: Config, path: Path, problems: list, model: Any, sampler: Any, tok: Any,
-                   temperature: float, num_samples: int) -> None:
-    """Append the records of the problems not yet in ``path`` (all of them without --resume)."""
+                   temperature: float, num_samples: int, on_record: Any = None) -> None:
+    """Append the records of the problems not yet in ``path`` (all of them without --resume); ``on_record``
+    is called with each record once it is written (best-of-N scores it there, so both files grow together)."""
     from endorm.io import JsonlWriter, count_complete_lines
     from endorm.mathx.generate import evaluate_problems
 
@@ -152,6 +153,8 @@ def _generate_file(config: Config, path: Path, problems: list, model: Any, sampl
             cache_implementation=None if config.cache == "dynamic" else config.cache, engine=config.engine,
         ):
             w.write([rec])
+            if on_record is not None:
+                on_record(rec)
 
 
 def _check_prefix(path: Path, problems: list, done: int) -> None:
@@ -166,12 +169,44 @@ def _check_prefix(path: Path, problems: list, done: int) -> None:
                          "--limit, --seed or benchmark); use another --output_dir or drop --resume")
 
 
+def _sample_and_score(config: Config, path: Path, bench: str, problems: list, model: Any, sampler: Any, tok: Any,
+                      forms: list[str]) -> None:
+    """Sample and score chunk by chunk: each problem's scores are written right after its samples, so a run
+    cut short leaves both files on the same prefix (samples written but not yet scored are scored first on
+    --resume)."""
+    from endorm.io import JsonlWriter, count_complete_lines
+    from endorm.mathx.bestofn import score_problem
+    from endorm.mathx.generate import build_prompt
+
+    spath = path.with_name(f"{bench}.scores.jsonl")
+    done = count_complete_lines(path) if (config.resume and path.exists()) else 0
+    scored = count_complete_lines(spath) if (config.resume and spath.exists()) else 0
+    if scored > done:
+        raise ValueError(f"--resume: {spath} has {scored} problems but {path} only {done}; the files do not belong "
+                         "together (drop --resume to start again)")
+    _check_prefix(path, problems, done)
+    _check_prefix(spath, problems, scored)
+    questions = {p.id: p.question for p in problems}
+    t0 = time.time()
+    with JsonlWriter(spath, resume=config.resume, overwrite=not config.resume) as w:
+        def score(rec: dict) -> None:
+            prompt = build_prompt(tok, questions[rec["id"]], config.prompt_template, config.system_prompt)
+            w.write([{"id": rec["id"], "scores": score_problem(model, tok, prompt, rec, forms)}])
+
+        if scored < done:  # a run cut between sampling and scoring
+            with path.open(encoding="utf-8") as f:
+                pending = [json.loads(line) for i, line in enumerate(f) if scored <= i < done]
+            for rec in pending:
+                score(rec)
+        _generate_file(config, path, problems, model, sampler, tok, config.temperature, config.num_samples,
+                       on_record=score)
+    log.info("sampled and scored in %.0f s", time.time() - t0)
+
+
 def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records: list[dict], model: Any,
                sampler: Any, tok: Any, forms: list[str]) -> dict[str, Any]:
-    """Greedy baseline, scores of every sample under ``forms`` (resumable), and the best-of-N summary."""
-    from endorm.io import JsonlWriter, count_complete_lines
-    from endorm.mathx.bestofn import ENDOGENOUS_FORMS, format_summary, rl_candidate, score_problem, summarize
-    from endorm.mathx.generate import build_prompt
+    """The greedy baseline and the best-of-N summary of the sampled and scored problems."""
+    from endorm.mathx.bestofn import ENDOGENOUS_FORMS, format_summary, rl_candidate, summarize
 
     greedy = None
     if config.greedy_from:
@@ -185,13 +220,6 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
         _generate_file(config, gpath, problems, model, sampler, tok, 0.0, 1)
         greedy = [json.loads(line) for line in gpath.read_text().splitlines() if line.strip()]
     spath = folder / f"{bench}.scores.jsonl"
-    done = count_complete_lines(spath) if (config.resume and spath.exists()) else 0
-    t0 = time.time()
-    with JsonlWriter(spath, resume=config.resume, overwrite=not config.resume) as w:
-        for rec in records[done:]:
-            prompt = build_prompt(tok, _question(problems, rec["id"]), config.prompt_template, config.system_prompt)
-            w.write([{"id": rec["id"], "scores": score_problem(model, tok, prompt, rec, forms)}])
-    log.info("scored %d problems in %.0f s", len(records) - done, time.time() - t0)
     scored = [json.loads(line) for line in spath.read_text().splitlines() if line.strip()]
     missing = [f for f in forms if any(f not in s["scores"] for s in scored)]
     if missing:
@@ -207,13 +235,6 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
     if "rl_candidate" in summary:
         print(f"\nRL candidate (highest dev AUROC among the endogenous forms): {summary['rl_candidate']}")
     return summary
-
-
-def _question(problems: list, pid: str) -> str:
-    for p in problems:
-        if p.id == pid:
-            return p.question
-    raise ValueError(f"problem {pid!r} of the samples file is not in this run's problem list")
 
 
 def run(config: Config) -> int:
@@ -261,7 +282,10 @@ def run(config: Config) -> int:
             path = out_root / tag / f"{_bench_tag(b)}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
-            _generate_file(config, path, problems[b], model, sampler, tok, config.temperature, config.num_samples)
+            if forms:
+                _sample_and_score(config, path, _bench_tag(b), problems[b], model, sampler, tok, forms)
+            else:
+                _generate_file(config, path, problems[b], model, sampler, tok, config.temperature, config.num_samples)
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             s = summarize(records)
             s["seconds"] = round(time.time() - t0, 1)
