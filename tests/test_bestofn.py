@@ -350,6 +350,9 @@ def test_continuous_engine_matches_generate_greedy(tiny):
     s = sample_completions(model, tok, prompts, max_new_tokens=6, temperature=1.0, num_samples=3, engine="continuous")
     assert [len(x) for x in s] == [3] * 5
     assert all(0 < c["n_tokens"] <= 6 for x in s for c in x)
+    # seeded: the same call samples the same completions
+    assert sample_completions(model, tok, prompts, max_new_tokens=6, temperature=1.0, num_samples=3,
+                              engine="continuous") == s
 
 
 def test_continuous_engine_refuses_a_short_answer(tiny, monkeypatch):

@@ -131,6 +131,7 @@ def _continuous(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, t
     """``sample_completions`` through transformers' continuous batching; every request must come back whole."""
     import torch
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     ends = end_ids_of(model, tokenizer)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -140,7 +141,8 @@ def _continuous(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, t
                            pad_token_id=tokenizer.pad_token_id, num_return_sequences=num_samples, **sampling)
     torch.manual_seed(seed)
     with torch.inference_mode():
-        results = list(model.generate_batch(ids, generation_config=cfg, progress_bar=False).values())
+        results = list(model.generate_batch(ids, generation_config=cfg, progress_bar=False,
+                                            continuous_batching_config=ContinuousBatchingConfig(seed=seed)).values())
     # generate_batch logs a failed or missing request and returns the rest: that must not pass silently
     bad = [r.request_id for r in results if r.error is not None]
     if bad or len(results) != len(ids) * num_samples:
