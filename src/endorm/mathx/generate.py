@@ -141,8 +141,12 @@ def _continuous(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, t
                            pad_token_id=tokenizer.pad_token_id, num_return_sequences=num_samples, **sampling)
     torch.manual_seed(seed)
     with torch.inference_mode():
+        # sized to this call's requests: by default the paged cache takes most of the free memory, and on a CPU
+        # attention masks of [max_batch_tokens, cache tokens] floats are the other large allocation
+        need = len(ids) * num_samples * (max(len(i) for i in ids) + max_new_tokens)
+        cb = ContinuousBatchingConfig(seed=seed, num_blocks=-(-need // 256) + 1, max_batch_tokens=1024)
         results = list(model.generate_batch(ids, generation_config=cfg, progress_bar=False,
-                                            continuous_batching_config=ContinuousBatchingConfig(seed=seed)).values())
+                                            continuous_batching_config=cb).values())
     # generate_batch logs a failed or missing request and returns the rest: that must not pass silently
     bad = [r.request_id for r in results if r.error is not None]
     if bad or len(results) != len(ids) * num_samples:
