@@ -214,7 +214,8 @@ def test_endorm_train_reward(tmp_path, tiny_model_dir, forms):
                       prompt_template="plain", device="cpu", max_steps=1, num_generations=2,
                       per_device_train_batch_size=2)
     trainer = build_trainer(cfg)
-    (reward,) = trainer.reward_funcs
+    reward = trainer.reward_funcs[0]  # the others are weight-0 monitors (curves)
+    assert list(trainer.args.reward_weights) == [1.0] + [0.0] * (len(trainer.reward_funcs) - 1)
     got = reward(prompts=[[{"role": "user", "content": PROMPT}]] * len(RESPONSES),
                  completions=[[{"role": "assistant", "content": r}] for r in RESPONSES], answer=["42"] * len(RESPONSES))
     check(got, forms, "endorm train's reward")

@@ -94,7 +94,7 @@ def _endorm_by_hand(run_dir, gamma: float):
     def margins(r):
         s = []
         for ref in r["token_stats"]["plain"]:
-            lp, v = reader.get(ref)
+            lp, v = reader.get(ref, r.get("token_stats_id"))
             s.append(_outcome(lp.tolist(), v.tolist(), gamma))
         return [(i, j, s[i] - s[j]) for i, j, _ in r["margins"]]
 
