@@ -25,6 +25,11 @@ class TrainConfig:
         "help": "endogenous reward's aggregation: sum (the paper's formula as written) | mean | discounted | logprob"})
     gamma: float = field(default=RewardConfig.gamma, metadata={"help": "endogenous reward's discount"})
     contrast: str = field(default=RewardConfig.contrast, metadata={"help": "endogenous reward's contrast: none | prompt | system"})
+    format_gate: bool = field(default=False, metadata={
+        "help": "a completion with no extractable final answer gets its group's lowest reward (RENT's gate)"})
+    endogenous_weight: float = field(default=0.0, metadata={
+        "help": "add this weight times the endogenous reward (aggregation, gamma above) to a non-endogenous "
+                "reward, e.g. correctness + lambda * endogenous (the paper's hybrid; TRL's reward_weights)"})
     dataset: str = field(
         default="gsm8k-train",
         metadata={"help": "training prompts: a benchmark name of `endorm math-eval` (e.g. gsm8k-train) or a .jsonl"},
@@ -89,6 +94,11 @@ class TrainConfig:
             raise ValueError("alpha must be > 0")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+        if self.endogenous_weight < 0:
+            raise ValueError("endogenous_weight must be >= 0")
+        if self.endogenous_weight and self.reward == "endogenous":
+            raise ValueError("endogenous_weight adds the endogenous reward to another reward; with reward: "
+                             "endogenous leave it 0")
         if self.lora_r < 0:
             raise ValueError("lora_r must be >= 0 (0 = full fine-tuning)")
         from endorm.rl.rollout import ROLLOUT_SAMPLERS

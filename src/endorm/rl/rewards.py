@@ -179,6 +179,36 @@ class DistinctAnswersMonitor:
 MONITORS = (AnsweredMonitor, DistinctAnswersMonitor)
 
 
+def gate_unanswered(rewards: Sequence[float], answered: Sequence[bool], groups: Sequence[Sequence[int]]) -> list[float]:
+    """RENT's format gate: inside each group, a completion without a final answer gets the group's lowest reward.
+
+    rewards, answered: (n,) per completion; groups: index lists partitioning range(n). A group with no
+    answered completion is left as it is (its advantages are its own business).
+    """
+    out = [float(r) for r in rewards]
+    for idx in groups:
+        if not any(answered[i] for i in idx):
+            continue
+        low = min(out[i] for i in idx)
+        for i in idx:
+            if not answered[i]:
+                out[i] = low
+    return out
+
+
+class FormatGate:
+    """Wraps a reward function with ``gate_unanswered`` (groups = equal consecutive prompts, as GRPO's)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.__name__ = getattr(inner, "__name__", type(inner).__name__)
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        rewards = self.inner(prompts, completions, **kwargs)
+        answered = [extract_answer(completion_text(c)) is not None for c in completions]
+        return gate_unanswered(rewards, answered, _group_indices(prompts))
+
+
 def make_reward_func(name: str, erm: EndogenousRewardFunction | None = None) -> Any:
     """The reward function called ``name`` (one of ``REWARDS``); ``erm`` supplies the frozen base model."""
     if name not in REWARDS:

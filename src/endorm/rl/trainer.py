@@ -149,14 +149,14 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     from endorm.integrations.trl import EndogenousRewardFunction
     from endorm.models import resolve
     from endorm.rl.logging import CurveLogger
-    from endorm.rl.rewards import MONITORS, make_reward_func
+    from endorm.rl.rewards import MONITORS, FormatGate, make_reward_func
 
     path = model_path or resolve(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     erm = None
-    if cfg.reward in ("endogenous", "mean_logprob", "neg_entropy"):
+    if cfg.reward in ("endogenous", "mean_logprob", "neg_entropy") or cfg.endogenous_weight:
         if reward_model is None:
             from endorm import EndogenousRewardModel
 
@@ -166,13 +166,19 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
         for p in reward_model.model.parameters():
             p.requires_grad_(False)
         erm = EndogenousRewardFunction(reward_model)
-    reward_fn = make_reward_func(cfg.reward, erm)
+    reward_fns = [make_reward_func(cfg.reward, erm)]
+    weights = [1.0]
+    if cfg.endogenous_weight:  # TRL sums the weighted rewards before the group advantage
+        reward_fns.append(erm)
+        weights.append(cfg.endogenous_weight)
+    if cfg.format_gate:
+        reward_fns[0] = FormatGate(reward_fns[0])
     monitors = [m() for m in MONITORS]
     args = build_grpo_config(cfg)
-    args.reward_weights = [1.0] + [0.0] * len(monitors)  # the monitors are curves, not rewards
+    args.reward_weights = weights + [0.0] * len(monitors)  # the monitors are curves, not rewards
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[reward_fn, *monitors], args=args,
+    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[*reward_fns, *monitors], args=args,
                                                train_dataset=dataset,
                                                processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
 
