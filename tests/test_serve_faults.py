@@ -206,3 +206,33 @@ def test_shutting_down_is_503(tiny_rm):
 
 
 # a request cancelled by uvicorn at shutdown is 503: tests/test_serve_backpressure.py cancels the real task
+
+
+def test_idle_keep_alive_connection_is_still_open_after_6_s(served_tiny):
+    """A client that reuses an idle connection after 6 s is answered (uvicorn's default closed it at 5 s, the
+    same moment httpx's pool expires it: the race that lost one request in the 10-minute soak)."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(served_tiny)
+    request = f"GET /health HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nConnection: keep-alive\r\n\r\n".encode()
+
+    def exchange(sock: socket.socket) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += sock.recv(4096)
+        return head
+
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        assert exchange(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6.0)
+        assert exchange(sock).startswith(b"HTTP/1.1 200")
