@@ -363,3 +363,16 @@ def test_continuous_engine_refuses_a_short_answer(tiny, monkeypatch):
     monkeypatch.setattr(model, "generate_batch", lambda *a, **k: dict(list(real(*a, **k).items())[:-1]))
     with pytest.raises(RuntimeError, match="returned 1 of 2 completions"):
         sample_completions(model, tok, ["a", "b"], max_new_tokens=4, engine="continuous")
+
+
+def test_hybrid_lambda_by_hand():
+    from endorm.mathx.bestofn import hybrid_lambda
+
+    scores = [{"id": "a", "scores": {"sum": [0.0, 2.0]}},          # population std 1
+              {"id": "b", "scores": {"sum": [1.0, 1.0, 7.0, 7.0]}},  # 3
+              {"id": "c", "scores": {"sum": [0.0, 4.0]}},          # 2
+              {"id": "d", "scores": {"sum": [0.0, 100.0]}}]        # not in ids
+    assert hybrid_lambda(scores, "sum", ["a", "b", "c"]) == pytest.approx(0.5 / 2.0)
+    assert hybrid_lambda(scores, "sum", ["a", "c"], target=1.0) == pytest.approx(1.0 / 1.5)
+    with pytest.raises(ValueError, match="no problem"):
+        hybrid_lambda(scores, "sum", ["zz"])

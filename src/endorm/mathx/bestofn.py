@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -274,3 +275,26 @@ def length_cap(greedy: Sequence[dict[str, Any]], share: float = 0.9, step: int =
     if len(lengths) < need or need == 0:
         return None
     return step * math.ceil(lengths[need - 1] / step)
+
+
+def hybrid_lambda(scores: Sequence[dict[str, Any]], form: str, ids: Iterable[str], target: float = 0.5) -> float:
+    """Run (c)'s hybrid weight, the rule of docs/RESULTS.md: ``target`` / (median over the problems ``ids`` of the
+    within-problem standard deviation of ``form`` over its samples), so lambda x the form spreads inside a group
+    about ``target`` of one correct answer's reward.
+
+    scores: the ``.scores.jsonl`` records ({"id", "scores": {form: [one float per sample]}}).
+    """
+    keep = set(ids)
+    stds = []
+    for rec in scores:
+        if rec["id"] not in keep:
+            continue
+        xs = _finite(rec["scores"][form])
+        if len(xs) >= 2:
+            stds.append(statistics.pstdev(xs))
+    if not stds:
+        raise ValueError(f"no problem of the given ids has two finite {form} scores")
+    spread = statistics.median(stds)
+    if spread <= 0:
+        raise ValueError(f"{form} does not vary within a problem (median spread 0): no lambda makes it a tie-breaker")
+    return target / spread
