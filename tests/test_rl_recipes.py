@@ -9,7 +9,6 @@ import pytest
 from endorm import EndogenousRewardModel
 from endorm.rl.config import TrainConfig
 from endorm.rl.rewards import FormatGate, gate_unanswered
-from endorm.testing import tiny_model_and_tokenizer
 
 
 def naive_gate(rewards, answered, groups):
@@ -72,22 +71,19 @@ def test_config_checks():
         TrainConfig(reward="correctness", endogenous_weight=-1.0)
 
 
-def test_hybrid_and_gate_reach_the_trainer(tmp_path):
+def test_hybrid_and_gate_reach_the_trainer(tmp_path, tiny, tiny_model_dir):
     """build_trainer: correctness (gated) + lambda * endogenous through TRL's reward_weights, monitors at 0."""
     pytest.importorskip("trl")
     from endorm.rl.trainer import build_trainer
 
-    model, tok = tiny_model_and_tokenizer(seed=0)
-    model_dir = tmp_path / "tiny"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model, tok = tiny
     data = tmp_path / "gsm.jsonl"
     data.write_text(json.dumps({"question": "What is 6 times 7?", "answer": "6*7=42\n#### 42"}) + "\n")
     cfg = TrainConfig(reward="correctness", endogenous_weight=0.25, format_gate=True, dataset=str(data),
                       output_dir=str(tmp_path / "run"), prompt_template="plain", device="cpu", max_steps=1,
                       num_generations=2, per_device_train_batch_size=2, aggregation="sum", gamma=1.0)
     rm = EndogenousRewardModel.from_model(model, tok, aggregation="sum", gamma=1.0)
-    trainer = build_trainer(cfg, model_path=str(model_dir), reward_model=rm)
+    trainer = build_trainer(cfg, model_path=str(tiny_model_dir), reward_model=rm)
     names = [getattr(f, "__name__", "") for f in trainer.reward_funcs]
     assert names[:2] == ["correctness", "endogenous_reward"]
     assert list(trainer.args.reward_weights) == [1.0, 0.25] + [0.0] * (len(names) - 2)
