@@ -212,6 +212,10 @@ def test_rl_candidate_follows_dev_auroc():
         if split[r["id"]] == "dev":
             sc["logprob@0.97"] = [1.0 if c else 0.0 for c in r["correct"]]
     assert rl_candidate(summarize(records, scores, list(ENDOGENOUS_FORMS))) == "logprob@0.97"
+    # no dev problem with both a correct and a wrong sample: no candidate, not an error at the end of a long run
+    for r in records:
+        r["correct"] = [False] * len(r["correct"])
+    assert rl_candidate(summarize(records, scores, list(ENDOGENOUS_FORMS))) is None
 
 
 def test_summarize_refuses_scores_out_of_order():
@@ -376,3 +380,38 @@ def test_hybrid_lambda_by_hand():
     assert hybrid_lambda(scores, "sum", ["a", "c"], target=1.0) == pytest.approx(1.0 / 1.5)
     with pytest.raises(ValueError, match="no problem"):
         hybrid_lambda(scores, "sum", ["zz"])
+
+
+def test_bf16_sampler_resumes_a_float32_file_and_each_record_names_its_sampler(tiny_model_dir, tmp_path):
+    """A run resumed with a faster sampler continues the same files; each record says which sampler drew it,
+    and the scores still come from the --dtype (float32) model."""
+    import torch
+
+    from endorm.mathx.cli import Config, run
+    from endorm.mathx.generate import make_sampler
+
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                            for i in range(8)))
+    cfg = Config(models=str(tiny_model_dir), benchmarks=str(data), prompt_template="plain", max_new_tokens=5,
+                 temperature=1.0, num_samples=2, batch_size=4, select="sum,mean", engine="continuous",
+                 output_dir=str(tmp_path / "out"), resume=True)
+    assert run(cfg) == 0
+    folder = tmp_path / "out" / tiny_model_dir.name
+    for name in ("toy.jsonl", "toy.scores.jsonl"):  # a run stopped after 4 of the 8 problems
+        f = folder / name
+        f.write_text("".join(f.read_text().splitlines(keepends=True)[:4]))
+    assert run(Config(**{**cfg.__dict__, "sampler": "bf16"})) == 0
+    samples = [json.loads(x) for x in (folder / "toy.jsonl").read_text().splitlines()]
+    assert [s["sampler"] for s in samples] == ["float32"] * 4 + ["bf16"] * 4
+    scores = [json.loads(x) for x in (folder / "toy.scores.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in scores] == [s["id"] for s in samples]
+    # the bf16 copy is a copy: the scoring model keeps its float32 weights
+    from endorm.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir), "float32", "cpu")
+    sampler = make_sampler(model, "bf16")
+    assert sampler is not model and next(sampler.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler(model, "fp8")

@@ -51,21 +51,44 @@ def test_quantized_copy_merges_lora_and_leaves_the_policy_alone():
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
 
 
-def test_lora_grpo_with_int8_rollouts(tiny_dir, tmp_path, monkeypatch):
+def test_bf16_copy_merges_lora_and_leaves_the_policy_alone():
+    from peft import LoraConfig, get_peft_model
+
+    from endorm.rl.rollout import rollout_copy
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        want = peft_model(x).logits
+        c = rollout_copy(peft_model, "bf16")
+        got = c(x).logits.float()
+        with peft_model.disable_adapter():
+            base = peft_model.get_base_model()(x).logits
+    assert c.dtype == torch.bfloat16 and not any("lora" in n for n, _ in c.named_parameters())
+    assert (got - want).abs().max() < (got - base).abs().max()
+    assert next(peft_model.parameters()).dtype == torch.float32
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+    with pytest.raises(ValueError, match="unknown"):
+        rollout_copy(peft_model, "fp8")
+
+
+@pytest.mark.parametrize("sampler", ["int8", "bf16"])
+def test_lora_grpo_with_copied_rollouts(tiny_dir, tmp_path, monkeypatch, sampler):
     pytest.importorskip("trl")
     import endorm.rl.rollout as rollout
     from endorm.rl.trainer import train
 
     calls = []
-    real = rollout.quantized_copy
-    monkeypatch.setattr(rollout, "quantized_copy", lambda m: calls.append(1) or real(m))
+    real = rollout.rollout_copy
+    monkeypatch.setattr(rollout, "rollout_copy", lambda m, k: calls.append(k) or real(m, k))
     model_dir, data = tiny_dir
     cfg = TrainConfig(reward="endogenous", dataset=str(data), output_dir=str(tmp_path / "run"), max_steps=2,
                       num_generations=2, per_device_train_batch_size=4, max_completion_length=8, learning_rate=1e-2,
-                      save_steps=1000, seed=0, prompt_template="plain", lora_r=4, rollout_sampler="int8")
+                      save_steps=1000, seed=0, prompt_template="plain", lora_r=4, rollout_sampler=sampler)
     m, t = tiny_model_and_tokenizer(seed=0)
     final = train(cfg, model_path=str(model_dir), reward_model=EndogenousRewardModel.from_model(m, t))
-    assert len(calls) == 2  # one int8 copy per optimizer step
+    assert calls == [sampler, sampler]  # one copy per optimizer step
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     from safetensors.torch import load_file
 

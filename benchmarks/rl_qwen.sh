@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GRPO of Qwen2.5-Coder-0.5B-Instruct on GSM8K train, runs a/b/c of docs/RESULTS.md ("RL on a model that
+# reasons"), and their evaluation. One heavy step at a time; each resumes (a CPU step takes minutes).
+#   bash benchmarks/rl_qwen.sh probe RUN          # 3 steps into runs/probe_RUN: step time and peak memory
+#   bash benchmarks/rl_qwen.sh train RUN          # 100 steps; resumes from runs/ or from the committed checkpoint
+#   bash benchmarks/rl_qwen.sh save RUN           # copy the newest checkpoint and the curves into records/rl/
+#   bash benchmarks/rl_qwen.sh eval RUN [BENCH]   # greedy after RL: gsm8k (200) or math500 (60), as the base
+#   bash benchmarks/rl_qwen.sh compare            # before/after with Wilson intervals and McNemar tests
+# RUN is the config's suffix: configs/qwen05_grpo_RUN.yaml (correctness = run b; endogenous = run a; the
+# third as RESULTS.md's rule names it). The base model's "before" is the greedy pass of benchmarks/bestofn.sh.
+set -euo pipefail
+MODEL=qwen2.5-coder-0.5b-instruct
+REC=records/rl/qwen05
+step=${1:-}
+run=${2:-}
+cfg=configs/qwen05_grpo_$run.yaml
+out=runs/qwen05_grpo_$run
+
+need_cfg() { [[ -f $cfg ]] || { echo "no config $cfg" >&2; exit 2; }; }
+
+# the newest complete checkpoint (one with trainer_state.json) of a folder, or nothing
+newest() { ls -d "$1"/checkpoint-* 2>/dev/null | while read -r d; do [[ -f $d/trainer_state.json ]] && echo "$d"; done \
+           | sort -t- -k2 -n | tail -1; }
+
+case "$step" in
+  probe)
+    need_cfg
+    rm -rf "runs/probe_$run"
+    endorm train --config "$cfg" --max_steps 3 --save_steps 1000 --output_dir "runs/probe_$run"
+    cat "runs/probe_$run/curves.csv" ;;  # elapsed_s and peak_rss_mb per step
+  train)
+    need_cfg
+    saved=$(newest "$REC/$run")
+    if [[ -n $saved && -z $(newest "$out") ]]; then  # a new machine: start from the committed checkpoint
+      mkdir -p "$out"
+      cp -r "$saved" "$out/"
+      [[ -f $REC/$run/curves.csv ]] && cp "$REC/$run/curves.csv" "$out/"
+      echo "restored $saved into $out"
+    fi
+    endorm train --config "$cfg" --resume true ;;
+  save)
+    need_cfg
+    ck=$(newest "$out")
+    [[ -n $ck ]] || { echo "no complete checkpoint in $out" >&2; exit 1; }
+    rm -rf "$REC/$run" && mkdir -p "$REC/$run"
+    cp -r "$ck" "$REC/$run/"
+    if [[ -f $out/curves.csv ]]; then cp "$out/curves.csv" "$REC/$run/"; fi
+    if [[ -d $out/final ]]; then cp -r "$out/final" "$REC/$run/"; fi
+    du -sh "$REC/$run" ;;
+  eval)
+    bench=${3:-gsm8k}
+    case "$bench" in gsm8k) limit=200 ;; math500) limit=60 ;; *) echo "bench: gsm8k | math500" >&2; exit 2 ;; esac
+    policy=$out/final
+    [[ -d $policy ]] || policy=$REC/$run/final
+    [[ -d $policy ]] || { echo "no trained policy for $run (train it first)" >&2; exit 1; }
+    # the same flags as the base model's greedy pass (benchmarks/bestofn.sh greedy), so the comparison is paired
+    endorm math-eval --models "$policy" --benchmarks "$bench" --limit $limit --seed 0 --prompt_template boxed \
+      --sampler float32 --engine continuous --num_threads 2 --resume --max_new_tokens 768 --temperature 0 \
+      --batch_size 32 --output_dir "$REC/eval-$run-$bench$limit" ;;
+  compare)
+    for bench in gsm8k math500; do
+      case "$bench" in gsm8k) limit=200 ;; math500) limit=60 ;; esac
+      before=records/bestofn/greedy768-$bench$limit/$MODEL/$bench.jsonl
+      [[ -f $before ]] || { echo "skip $bench: no base-model pass $before" >&2; continue; }
+      after=()
+      for d in "$REC"/eval-*-"$bench$limit"/final; do
+        [[ -f $d/$bench.jsonl ]] || continue
+        r=${d#"$REC"/eval-}; r=${r%-"$bench$limit"/final}
+        after+=("$r=$d/$bench.jsonl")
+      done
+      [[ ${#after[@]} -gt 0 ]] || { echo "skip $bench: no evaluated run" >&2; continue; }
+      python benchmarks/rl_gsm8k.py compare --before "$before" --after "${after[@]}" --json "$REC/compare_$bench.json"
+    done ;;
+  *) sed -n 2,10p "$0" >&2; exit 2 ;;
+esac
