@@ -68,6 +68,11 @@ def completion_stats(recs: list[dict]) -> dict:
         "mean_repeated_3gram_share": sum(repeated_ngram_share(c) for c in comps) / len(comps),
         "distinct_completions": len(set(comps)),
         "with_answer_phrase": sum("answer is" in c.lower() for c in comps) / len(comps),
+        # records of the boxed template: a final answer was extracted / the completion was cut at the cap
+        "answered_share": sum(r.get("predictions", [None])[0] is not None for r in recs) / len(recs),
+        **({"mean_tokens": sum(r["n_tokens"][0] for r in recs) / len(recs),
+            "cut_share": sum(r["end_token"][0] is None for r in recs) / len(recs)}
+           if all("n_tokens" in r and "end_token" in r for r in recs) else {}),
     }
 
 

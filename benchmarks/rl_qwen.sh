@@ -4,10 +4,11 @@
 #   bash benchmarks/rl_qwen.sh probe RUN          # 3 steps into runs/probe_RUN: step time and peak memory
 #   bash benchmarks/rl_qwen.sh train RUN          # 100 steps; resumes from runs/ or from the committed checkpoint
 #   bash benchmarks/rl_qwen.sh save RUN           # copy the newest checkpoint and the curves into records/rl/
-#   bash benchmarks/rl_qwen.sh eval RUN [BENCH]   # greedy after RL: gsm8k (200) or math500 (60), as the base
+#   bash benchmarks/rl_qwen.sh eval RUN [BENCH]   # greedy after RL: gsm8k (200) or math500 (60); RUN=base: before
 #   bash benchmarks/rl_qwen.sh compare            # before/after with Wilson intervals and McNemar tests
 # RUN is the config's suffix: configs/qwen05_grpo_RUN.yaml (correctness = run b; endogenous = run a; the
-# third as RESULTS.md's rule names it). The base model's "before" is the greedy pass of benchmarks/bestofn.sh.
+# third as RESULTS.md's rule names it). Before and after are greedy passes with the same flags and the bf16
+# sampler (the sampler rule of RESULTS.md), into records/rl/qwen05/eval-RUN-BENCHLIMIT/.
 set -euo pipefail
 MODEL=qwen2.5-coder-0.5b-instruct
 REC=records/rl/qwen05
@@ -50,18 +51,22 @@ case "$step" in
   eval)
     bench=${3:-gsm8k}
     case "$bench" in gsm8k) limit=200 ;; math500) limit=60 ;; *) echo "bench: gsm8k | math500" >&2; exit 2 ;; esac
-    policy=$out/final
-    [[ -d $policy ]] || policy=$REC/$run/final
-    [[ -d $policy ]] || { echo "no trained policy for $run (train it first)" >&2; exit 1; }
-    # the same flags as the base model's greedy pass (benchmarks/bestofn.sh greedy), so the comparison is paired
+    if [[ $run == base ]]; then
+      policy=$MODEL
+    else
+      policy=$out/final
+      [[ -d $policy ]] || policy=$REC/$run/final
+      [[ -d $policy ]] || { echo "no trained policy for $run (train it first)" >&2; exit 1; }
+    fi
+    # one set of flags for before and after (as benchmarks/bestofn.sh greedy, bf16 sampler), so the test is paired
     endorm math-eval --models "$policy" --benchmarks "$bench" --limit $limit --seed 0 --prompt_template boxed \
-      --sampler float32 --engine continuous --num_threads 2 --resume --max_new_tokens 768 --temperature 0 \
+      --sampler bf16 --engine continuous --num_threads 2 --resume --max_new_tokens 768 --temperature 0 \
       --batch_size 32 --output_dir "$REC/eval-$run-$bench$limit" ;;
   compare)
     for bench in gsm8k math500; do
       case "$bench" in gsm8k) limit=200 ;; math500) limit=60 ;; esac
-      before=records/bestofn/greedy768-$bench$limit/$MODEL/$bench.jsonl
-      [[ -f $before ]] || { echo "skip $bench: no base-model pass $before" >&2; continue; }
+      before=$REC/eval-base-$bench$limit/$MODEL/$bench.jsonl
+      [[ -f $before ]] || { echo "skip $bench: no base-model pass $before (eval base $bench)" >&2; continue; }
       after=()
       for d in "$REC"/eval-*-"$bench$limit"/final; do
         [[ -f $d/$bench.jsonl ]] || continue
