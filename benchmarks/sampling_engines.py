@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if a.json:
-        out = {"command": "python benchmarks/sampling_engines.py " + " ".join(argv if argv is not None else
-                                                                           __import__("sys").argv[1:]),
+        out = {"command": "python benchmarks/sampling_engines.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "model": a.model, "threads": a.threads, "problems": a.problems, "num_samples": a.num_samples,
                "temperature": a.temperature, "max_new_tokens": a.max_new_tokens, "torch": torch.__version__,
                "machine": platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -28,17 +28,17 @@ def tiny_dir(tmp_path_factory):
     return d, data
 
 
-def test_quantized_copy_merges_lora_and_leaves_the_policy_alone():
+def test_int8_copy_merges_lora_and_leaves_the_policy_alone():
     from peft import LoraConfig, get_peft_model
 
-    from endorm.rl.rollout import quantized_copy
+    from endorm.rl.rollout import rollout_copy
 
     model, _ = tiny_model_and_tokenizer(seed=0)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     x = torch.tensor([[5, 9, 17, 33, 2]])
     with torch.no_grad():
         want = peft_model(x).logits
-        q = quantized_copy(peft_model)
+        q = rollout_copy(peft_model, "int8")
         got = q(x).logits
         without_lora = peft_model.get_base_model()
         with peft_model.disable_adapter():

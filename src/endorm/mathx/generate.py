@@ -164,13 +164,14 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], **kwargs) -> list[l
 SAMPLERS = ("float32", "bf16", "int8", "int8-all")
 
 
-def make_sampler(model, kind: str = "float32"):
+def make_sampler(model, kind: str = "float32", inplace: bool = False):
     """The model that generates: the model itself (``float32``), a bfloat16 copy (``bf16``), or a copy whose
     ``nn.Linear`` layers run with int8 weights (one scale per output channel) and dynamically quantised
     activations: ``int8`` keeps the output layer (the logits) in float32, ``int8-all`` quantises it too.
     The copies are faster on a CPU and change the sampled distribution, bf16 by little (2.5x the tokens/s
     of float32 at 0.0002 nats/token on the 0.5B model), int8 by more (0.27-0.35 nats/token);
-    benchmarks/sampling_speed.py --kl measures it. Scoring always uses ``model`` itself."""
+    benchmarks/sampling_speed.py --kl measures it. Scoring always uses ``model`` itself, unless ``inplace``
+    (the caller's own copy is converted, e.g. ``endorm.rl.rollout``)."""
     import copy
 
     import torch
@@ -179,9 +180,10 @@ def make_sampler(model, kind: str = "float32"):
         return model
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
+    target = model if inplace else copy.deepcopy(model)
     if kind == "bf16":
-        return copy.deepcopy(model).to(torch.bfloat16)
-    return quantize_linear_layers(copy.deepcopy(model), keep_head=kind == "int8")
+        return target.to(torch.bfloat16)
+    return quantize_linear_layers(target, keep_head=kind == "int8")
 
 
 def quantize_linear_layers(model, keep_head: bool = True):

@@ -19,32 +19,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["ROLLOUT_SAMPLERS", "rollout_copy", "quantized_copy", "rollout_trainer_class"]
+__all__ = ["ROLLOUT_SAMPLERS", "rollout_copy", "rollout_trainer_class"]
 
 ROLLOUT_SAMPLERS = ("policy", "bf16", "int8")
 
 
 def rollout_copy(model: Any, kind: str) -> Any:
-    """An inference copy of ``model`` (a PeftModel is merged first, in the copy) for sampling: cast to
-    bfloat16 (``bf16``) or with its ``nn.Linear`` layers but the output layer in int8 (``int8``,
-    ``endorm.mathx.generate.quantize_linear_layers``, as ``math-eval --sampler int8``)."""
-    import torch
-
-    from endorm.mathx.generate import quantize_linear_layers
+    """An inference copy of ``model`` (a PeftModel is merged first, in the copy) for sampling, converted as
+    ``math-eval --sampler`` converts its sampler (``endorm.mathx.generate.make_sampler``): cast to bfloat16
+    (``bf16``) or with its ``nn.Linear`` layers but the output layer in int8 (``int8``)."""
+    from endorm.mathx.generate import make_sampler
 
     if kind not in ("bf16", "int8"):
         raise ValueError(f"rollout copy: unknown {kind!r}; use bf16 or int8")
     src = copy.deepcopy(model)
     if hasattr(src, "merge_and_unload"):  # peft: merge into the copy, leave the training model alone
         src = src.merge_and_unload()
-    if kind == "bf16":
-        return src.to(torch.bfloat16).eval()
-    return quantize_linear_layers(src.eval(), keep_head=True)
-
-
-def quantized_copy(model: Any) -> Any:
-    """``rollout_copy(model, "int8")``."""
-    return rollout_copy(model, "int8")
+    return make_sampler(src.eval(), kind, inplace=True)
 
 
 def rollout_trainer_class(sampler: str) -> type:
