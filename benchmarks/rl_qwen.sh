@@ -20,8 +20,9 @@ out=runs/qwen05_grpo_$run
 need_cfg() { [[ -f $cfg ]] || { echo "no config $cfg" >&2; exit 2; }; }
 
 # the newest complete checkpoint (one with trainer_state.json) of a folder, or nothing
-newest() { ls -d "$1"/checkpoint-* 2>/dev/null | while read -r d; do [[ -f $d/trainer_state.json ]] && echo "$d"; done \
-           | sort -t- -k2 -n | tail -1; }
+# (no checkpoint is not an error: under pipefail a failing ls would end the script silently)
+newest() { { ls -d "$1"/checkpoint-* 2>/dev/null || true; } \
+           | while read -r d; do if [[ -f $d/trainer_state.json ]]; then echo "$d"; fi; done | sort -t- -k2 -n | tail -1; }
 
 case "$step" in
   probe)
