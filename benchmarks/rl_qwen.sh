@@ -19,10 +19,9 @@ out=runs/qwen05_grpo_$run
 
 need_cfg() { [[ -f $cfg ]] || { echo "no config $cfg" >&2; exit 2; }; }
 
-# the newest complete checkpoint (one with trainer_state.json) of a folder, or nothing
-# (no checkpoint is not an error: under pipefail a failing ls would end the script silently)
-newest() { { ls -d "$1"/checkpoint-* 2>/dev/null || true; } \
-           | while read -r d; do if [[ -f $d/trainer_state.json ]]; then echo "$d"; fi; done | sort -t- -k2 -n | tail -1; }
+# the newest complete checkpoint of a folder, or nothing: endorm's own (tested) rule, which skips a checkpoint cut
+# off mid-save (no trainer_state.json) and takes a missing folder as none
+newest() { python -c 'import sys; from endorm.rl.trainer import last_checkpoint; print(last_checkpoint(sys.argv[1]) or "")' "$1"; }
 
 case "$step" in
   probe)

@@ -486,6 +486,15 @@ def c_yaml_missing_file(ctx):
     assert e.value.code == 2 and "nope.yaml: No such file or directory" in ctx.capsys.readouterr().err
 
 
+def c_yaml_base_loop(ctx):
+    (ctx.tmp / "other.yaml").write_text("base: score.yaml\n")
+    yaml_fails(ctx, "base: other.yaml\n", "'base:' chain loops back to itself")
+
+
+def c_yaml_base_missing(ctx):
+    yaml_fails(ctx, "base: nope.yaml\naggregation: mean\n", "nope.yaml: No such file or directory")
+
+
 def c_yaml_not_a_mapping(ctx):
     yaml_fails(ctx, "- a\n- b\n", "expected a mapping of field: value")
 
@@ -946,6 +955,8 @@ CASES = [
     Case("yaml-unknown-key", "--config", "exit 2, `score.yaml: unknown field(s) bogus_key`", c_yaml_unknown_key),
     Case("yaml-syntax-error", "--config", "exit 2, `--config score.yaml: invalid YAML at line 2, column 1: ...`", c_yaml_syntax_error),
     Case("yaml-missing-file", "--config", "exit 2, `--config nope.yaml: No such file or directory`", c_yaml_missing_file),
+    Case("yaml-base-loop", "--config", "exit 2, `--config score.yaml: 'base:' chain loops back to itself (...)`", c_yaml_base_loop),
+    Case("yaml-base-missing", "--config", "exit 2, `--config nope.yaml: No such file or directory` (the `base:` file)", c_yaml_base_missing),
     Case("yaml-not-a-mapping", "--config", "exit 2, `expected a mapping of field: value`", c_yaml_not_a_mapping),
     Case("yaml-list-for-scalar", "--config", "exit 2, `field 'batch_size' takes one value, got a YAML list`", c_yaml_list_for_scalar),
     Case("yaml-wrong-type", "--config", "exit 2, `argument --batch_size/--batch-size: invalid int value: 'lots'`", c_yaml_wrong_type),

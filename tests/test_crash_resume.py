@@ -73,6 +73,7 @@ def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path):
     from endorm.rl.trainer import last_checkpoint
 
     assert last_checkpoint(tmp_path) is None
+    assert last_checkpoint(tmp_path / "not-yet-created") is None  # a run's first start (rl_qwen.sh's newest)
     for step, complete in ((3, True), (6, True), (9, False)):  # killed while writing checkpoint-9
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
@@ -81,3 +82,23 @@ def test_resume_skips_a_checkpoint_cut_off_mid_save(tmp_path):
             (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     (tmp_path / "checkpoint-tmp").mkdir()
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
+
+
+def test_rl_qwen_script_finds_checkpoints_with_the_same_rule(tmp_path):
+    """benchmarks/rl_qwen.sh picks the checkpoint to resume or save through last_checkpoint (its ``newest``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_qwen.sh"
+    line = next(ln for ln in script.read_text().splitlines() if ln.startswith("newest()"))
+    for step, complete in ((2, True), (4, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    got = [subprocess.run(["bash", "-c", f'set -euo pipefail; {line}\nnewest "$1"', "_", str(p)], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+           for p in (tmp_path, tmp_path / "missing")]
+    assert got == [str(tmp_path / "checkpoint-2"), ""]

@@ -93,6 +93,34 @@ def test_yaml_config_parses_through_cli(tmp_path):
     assert TrainConfig().beta == 0.01  # the paper's KL coefficient is the default
 
 
+def test_yaml_base_chain_applies_the_files_own_values_last(tmp_path):
+    from endorm.cli import parse_config
+
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "b.yaml").write_text("reward: correctness\nbeta: 0.1\nmax_steps: 7\n")
+    (tmp_path / "a.yaml").write_text("base: common/b.yaml\nreward: endogenous\naggregation: sum\n")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\nformat_gate: true\n")
+    cfg = parse_config(TrainConfig, ["--config", str(tmp_path / "c.yaml"), "--max_steps", "9"])
+    assert (cfg.reward, cfg.aggregation, cfg.beta, cfg.format_gate, cfg.max_steps) == (
+        "endogenous", "sum", 0.1, True, 9)
+
+
+def test_qwen05_run_configs_differ_only_in_the_reward():
+    """Runs a/b/c of the RL issue share every setting but the reward (a and c start from b via ``base:``)."""
+    from pathlib import Path
+
+    from endorm.cli import parse_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    runs = {r: vars(parse_config(TrainConfig, ["--config", str(root / f"qwen05_grpo_{r}.yaml")]))
+            for r in ("correctness", "endogenous", "gated")}
+    differ = {k for k in runs["correctness"] if len({repr(c[k]) for c in runs.values()}) > 1}
+    assert differ == {"reward", "aggregation", "format_gate", "output_dir"}
+    assert (runs["gated"]["reward"], runs["gated"]["aggregation"], runs["gated"]["format_gate"]) == (
+        "endogenous", "sum", True)
+    assert runs["correctness"]["max_completion_length"] == 448 and runs["correctness"]["beta"] == 0.01
+
+
 def test_curve_logger_resume_drops_relogged_steps(tmp_path):
     from types import SimpleNamespace
 

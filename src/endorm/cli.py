@@ -3,7 +3,8 @@
 Each sub-command is a module with a ``Config`` dataclass (fields carry their help text in
 ``metadata``) and a ``run(config)`` function. ``transformers.HfArgumentParser`` turns the dataclass
 into flags (``--batch-size`` and ``--batch_size`` both work), and ``--config FILE.yaml`` supplies
-defaults from YAML that flags on the command line override, as in TRL's scripts.
+defaults from YAML that flags on the command line override, as in TRL's scripts. A YAML file may start
+from another with ``base: OTHER.yaml`` (a path relative to the file): its values first, the file's own over them.
 """
 
 from __future__ import annotations
@@ -36,25 +37,45 @@ def build_parser(config_cls: type, prog: str, description: str):
     return parser
 
 
-def parse_config(config_cls: type, argv: list[str], prog: str = "endorm", description: str = "") -> Any:
-    """Parse ``argv`` into ``config_cls``, with ``--config FILE.yaml`` giving the defaults."""
+def read_yaml_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The field: value mapping of a YAML config, with its ``base:`` chain applied (the file's values win).
+
+    Raises ValueError naming the file (and line, for invalid YAML) on anything that is not such a mapping.
+    """
     import yaml
 
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"--config {path}: 'base:' chain loops back to itself ({' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except OSError as e:
+        raise ValueError(f"--config {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"--config {path}: invalid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of field: value")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: 'base' takes one YAML file path, got {type(base).__name__}")
+    return {**read_yaml_config(path.parent / base, (*_seen, path.resolve())), **data}
+
+
+def parse_config(config_cls: type, argv: list[str], prog: str = "endorm", description: str = "") -> Any:
+    """Parse ``argv`` into ``config_cls``, with ``--config FILE.yaml`` giving the defaults."""
     parser = build_parser(config_cls, prog, description)
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         try:
-            data = yaml.safe_load(Path(pre.config).read_text(encoding="utf-8-sig")) or {}
-        except OSError as e:
-            parser.error(f"--config {pre.config}: {e.strerror or e}")
-        except UnicodeDecodeError as e:
-            parser.error(f"--config {pre.config}: not valid UTF-8 ({e.reason} at byte {e.start})")
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            parser.error(f"--config {pre.config}: invalid YAML{where}: {getattr(e, 'problem', None) or e}")
-        if not isinstance(data, dict):
-            parser.error(f"{pre.config}: expected a mapping of field: value")
+            data = read_yaml_config(pre.config)
+        except ValueError as e:
+            parser.error(str(e))
         actions = {a.dest: a for a in parser._actions}
         unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in actions)
         if unknown:
