@@ -47,6 +47,8 @@ case "$step" in
     cp -r "$ck" "$REC/$run/"
     if [[ -f $out/curves.csv ]]; then cp "$out/curves.csv" "$REC/$run/"; fi
     if [[ -d $out/final ]]; then cp -r "$out/final" "$REC/$run/"; fi
+    # the tokenizer files are the base model's (22 MB); an adapter without them loads the base's tokenizer
+    find "$REC/$run" \( -name tokenizer.json -o -name tokenizer_config.json -o -name chat_template.jinja \) -delete
     du -sh "$REC/$run" ;;
   eval)
     bench=${3:-gsm8k}
