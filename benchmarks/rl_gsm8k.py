@@ -95,8 +95,8 @@ def compare(before: str, after: list[str]) -> dict:
     return out
 
 
-def print_compare(res: dict) -> None:
-    print("| policy | GSM8K acc (n) | 95% CI | gained / lost vs before (McNemar p) | mean chars | repeated 3-grams "
+def print_compare(res: dict, bench: str = "GSM8K") -> None:
+    print(f"| policy | {bench} acc (n) | 95% CI | gained / lost vs before (McNemar p) | mean chars | repeated 3-grams "
           "| distinct | 'answer is' |")
     print("|---|---|---|---|---|---|---|---|")
     for name, e in res.items():
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(plot_curves({k: Path(v) / "curves.csv" for k, v in runs.items()}, args.out, panels=tuple(args.panels)))
     elif args.cmd == "compare":
         res = compare(args.before, args.after)
-        print_compare(res)
+        print_compare(res, Path(args.before).stem.upper().replace("MATH500", "MATH-500"))
         if args.json:
             write_json(args.json, {"policies": res})
     elif args.cmd == "probe":

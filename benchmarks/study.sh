@@ -3,6 +3,8 @@
 # response keeps log pi and V(s_t) per token, and every aggregation x gamma x contrast is read off it.
 # Every step resumes (--resume): rerun it after an interruption, in this or a later session. Items are
 # scored in seeded order interleaved over domains, so a stopped step has completed a balanced prefix.
+# Steps write into $OUT/STEP (default records/study/STEP: examples.jsonl, the token-stats sidecar, results):
+# commit that folder after a stretch and a step continues on a new machine where it stopped.
 #   bash benchmarks/study.sh rm-smollm     # full RM-Bench (798 prompts), SmolLM2-135M, contrasts none+prompt
 #   CONTRAST=none bash benchmarks/study.sh rm-smollm   # the plain pass only (half the time), into rm-smollm-plain
 #   bash benchmarks/study.sh rm-qwen       # RM-Bench chat+safety, Qwen2.5-Coder-0.5B, seeded prefix
@@ -14,9 +16,9 @@
 #   SIZE=1.5b CONTRAST=none LIMIT=55 bash benchmarks/study.sh rm-qwen  # the 1.5B, into rm-qwen15-plain
 #   MODEL=qwen2.5-coder-0.5b-instruct LIMIT=55 bash benchmarks/study.sh judges  # the three LLM judges, chat+safety
 #   LIMIT=55 bash benchmarks/study.sh scaling   # one table + figure against model size (no model; endorm eval --scaling)
-#   bash benchmarks/study.sh records STEP  # copy STEP's results.json / variants.json into records/study/STEP/
+#   OUT=runs/study bash benchmarks/study.sh records STEP  # copy STEP's results.json / variants.json into records/study/STEP/
 set -euo pipefail
-OUT=${OUT:-runs/study}
+OUT=${OUT:-records/study}
 THREADS=${THREADS:-2}
 GAMMAS=1,0.99,0.97,0.95,0.93,0.9,0.85,0.8
 E="endorm eval --threads $THREADS --seed 0 --items-per-batch 1 --resume --aggregation all --gamma $GAMMAS"
@@ -38,6 +40,7 @@ case "${1:-}" in
              cp "$OUT/scaling/scaling.json" "$OUT/scaling/scaling.md" records/scaling/
              cp "$OUT/scaling/scaling.png" docs/figures/scaling.png ;;
   records)   step=$2; mkdir -p "records/study/$step"
+             [[ $OUT/$step -ef records/study/$step ]] && { ls -l "records/study/$step"; exit 0; }
              for f in results.json variants.json; do
                [[ -f $OUT/$step/$f ]] && cp "$OUT/$step/$f" "records/study/$step/$f"
              done; ls -l "records/study/$step" ;;
