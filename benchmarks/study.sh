@@ -35,10 +35,8 @@ case "${1:-}" in
              $E --benchmark rm-bench --domains chat,safety --method genrm-pointwise,verifier,genrm-pairwise \
                --model "$model" --limit "${LIMIT:-441}" --output-dir "$OUT/judges-$model" ;;
   scaling)   runs=${RUNS:-$OUT/rm-smollm-plain,$OUT/rm-qwen05-plain,$OUT/rm-qwen15-plain,$OUT/judges-smollm2-135m-instruct,$OUT/judges-qwen2.5-coder-0.5b-instruct,$OUT/judges-qwen2.5-coder-1.5b-instruct}
-             endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir "$OUT/scaling"
-             mkdir -p records/scaling docs/figures
-             cp "$OUT/scaling/scaling.json" "$OUT/scaling/scaling.md" records/scaling/
-             cp "$OUT/scaling/scaling.png" docs/figures/scaling.png ;;
+             endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir records/scaling
+             mkdir -p docs/figures && mv records/scaling/scaling.png docs/figures/scaling.png ;;
   records)   step=$2; mkdir -p "records/study/$step"
              [[ $OUT/$step -ef records/study/$step ]] && { ls -l "records/study/$step"; exit 0; }
              for f in results.json variants.json; do
