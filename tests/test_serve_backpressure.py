@@ -51,7 +51,7 @@ class StageGate:
     """Wraps a function the request thread calls; its first call blocks until opened (bounded)."""
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, 0
+        self.fn, self.calls, self.errors = fn, 0, []
         self.entered, self.opened, self.left = threading.Event(), threading.Event(), threading.Event()
 
     def __call__(self, *a, **kw):
@@ -61,6 +61,9 @@ class StageGate:
             self.left.set()
         try:
             return self.fn(*a, **kw)
+        except BaseException as e:  # recorded: in a request thread whose client left, nobody else sees it
+            self.errors.append(f"call {self.calls}: {type(e).__name__}: {e}")
+            raise
         finally:
             self.calls += 1
 
@@ -236,11 +239,13 @@ def test_event_loop_is_free_while_a_request_is_worked_on(tiny_rm, monkeypatch, s
             held.opened.set()
             await asyncio.wait_for(task, BOUND_S)
             # a cancelled encode still finishes in the request thread: wait for it, so that it cannot share the
-            # (session-wide) tokenizer with the next test's request thread
-            await until(lambda: held.calls == (len(rows) if stage == "encode" else 1))
+            # (session-wide) tokenizer with the next test's request thread. Not a speed bound: 1,024 encodes
+            # take well under 1 s here, but this is only the wait for the thread to be done
+            await until(lambda: held.calls == (len(rows) if stage == "encode" else 1) or held.errors, 120.0)
             return health, latency, still_held, req
 
     health, latency, still_held, req = asyncio.run(go())
+    assert not held.errors, held.errors  # the held work itself failed (it would otherwise be lost silently)
     assert health.status_code == 200 and still_held, "/health waited for the request's work: it ran on the loop"
     assert latency < 1.0, latency
     if stage == "render":
