@@ -6,9 +6,10 @@
 #   bash benchmarks/rl_qwen.sh save RUN           # copy the newest checkpoint and the curves into records/rl/
 #   bash benchmarks/rl_qwen.sh eval RUN [BENCH]   # greedy after RL: gsm8k (200) or math500 (60); RUN=base: before
 #   bash benchmarks/rl_qwen.sh compare            # before/after with Wilson intervals and McNemar tests
-# RUN is the config's suffix: configs/qwen05_grpo_RUN.yaml (correctness = run b; endogenous = run a; the
-# third as RESULTS.md's rule names it). Before and after are greedy passes with the same flags and the bf16
-# sampler (the sampler rule of RESULTS.md), into records/rl/qwen05/eval-RUN-BENCHLIMIT/.
+# RUN is the config's suffix: configs/qwen05_grpo_RUN.yaml (correctness = run b; endogenous = run a; gated = run
+# c as pre-registered, which is run a on this model; hybrid = run c', the third run: RESULTS.md "Run c"). Before
+# and after are greedy passes with the same flags and the bf16 sampler (the sampler rule of RESULTS.md), into
+# records/rl/qwen05/eval-RUN-BENCHLIMIT/.
 set -euo pipefail
 MODEL=qwen2.5-coder-0.5b-instruct
 REC=records/rl/qwen05

@@ -106,19 +106,29 @@ def test_yaml_base_chain_applies_the_files_own_values_last(tmp_path):
 
 
 def test_qwen05_run_configs_differ_only_in_the_reward():
-    """Runs a/b/c of the RL issue share every setting but the reward (a and c start from b via ``base:``)."""
+    """Runs a/b/c/c' of the RL issue share every setting but the reward (each starts from b via ``base:``), and
+    the hybrid's weight is the rule's lambda recomputed from the committed best-of-N scores."""
     from pathlib import Path
 
     from endorm.cli import parse_config
+    from endorm.mathx.bestofn import hybrid_lambda
+    from endorm.mathx.selection import dev_test_split
 
-    root = Path(__file__).resolve().parents[1] / "configs"
-    runs = {r: vars(parse_config(TrainConfig, ["--config", str(root / f"qwen05_grpo_{r}.yaml")]))
-            for r in ("correctness", "endogenous", "gated")}
+    root = Path(__file__).resolve().parents[1]
+    runs = {r: vars(parse_config(TrainConfig, ["--config", str(root / "configs" / f"qwen05_grpo_{r}.yaml")]))
+            for r in ("correctness", "endogenous", "gated", "hybrid")}
     differ = {k for k in runs["correctness"] if len({repr(c[k]) for c in runs.values()}) > 1}
-    assert differ == {"reward", "aggregation", "format_gate", "output_dir"}
+    assert differ == {"reward", "aggregation", "format_gate", "endogenous_weight", "output_dir"}
     assert (runs["gated"]["reward"], runs["gated"]["aggregation"], runs["gated"]["format_gate"]) == (
         "endogenous", "sum", True)
     assert runs["correctness"]["max_completion_length"] == 448 and runs["correctness"]["beta"] == 0.01
+    hybrid = runs["hybrid"]
+    assert (hybrid["reward"], hybrid["aggregation"], hybrid["format_gate"]) == ("correctness", "sum", False)
+    scores = root / "records/bestofn/n8-gsm8k200/qwen2.5-coder-0.5b-instruct/gsm8k.scores.jsonl"
+    recs = [json.loads(line) for line in scores.read_text().splitlines() if line.strip()]
+    split = dev_test_split([r["id"] for r in recs], seed=0)
+    lam = hybrid_lambda(recs, "sum", [i for i, half in split.items() if half == "dev"])
+    assert hybrid["endogenous_weight"] == pytest.approx(lam, abs=5e-5)
 
 
 def test_curve_logger_resume_drops_relogged_steps(tmp_path):
