@@ -90,6 +90,14 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
     assert "GSM8K" in printed and "AMC" in printed and "Avg." in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiny"]["gsm8k"]["n"] == 3 and "pass@2" in summary["tiny"]["gsm8k"]
+    # a second model into the same folder joins the summary instead of replacing it
+    model.save_pretrained(tmp_path / "tiny2")
+    tok.save_pretrained(tmp_path / "tiny2")
+    assert main(["math-eval", "--models", str(tmp_path / "tiny2"), "--benchmarks", "gsm8k", "--limit", "2",
+                 "--max_new_tokens", "4", "--output_dir", str(out)]) == 0
+    both = json.loads((out / "summary.json").read_text())
+    assert both["tiny"] == summary["tiny"] and both["tiny2"]["gsm8k"]["n"] == 2
+    capsys.readouterr()
     rows = (out / "tiny" / "gsm8k.jsonl").read_text().splitlines()
     assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 2
     for r in map(json.loads, rows):  # each completion's verdict and the grader that gave it

@@ -241,6 +241,25 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
     return summary
 
 
+def write_summary(path: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Merge this run's {model: {benchmark: figures}} into ``path`` and write it atomically: models and
+    benchmarks of earlier runs into the same folder are kept (a second model must not erase the first's)."""
+    merged: dict[str, Any] = {}
+    if path.exists():
+        try:
+            merged = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); move it away to start a new summary") from None
+        if not isinstance(merged, dict):
+            raise ValueError(f"{path}: expected a JSON object of models, got {type(merged).__name__}")
+    for tag, per_bench in summary.items():
+        merged.setdefault(tag, {}).update(per_bench)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    tmp.replace(path)
+    return merged
+
+
 def run(config: Config) -> int:
     import torch
 
@@ -300,7 +319,7 @@ def run(config: Config) -> int:
             if forms:
                 _best_of_n(config, out_root / tag, _bench_tag(b), problems[b], records, model, sampler, tok, forms)
         del model, sampler
-    (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out_root / "summary.json", summary)
     print()
     print(format_table(summary, benchmarks))
     if config.num_samples > 1:
