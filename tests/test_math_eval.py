@@ -97,7 +97,6 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
                  "--max_new_tokens", "4", "--output_dir", str(out)]) == 0
     both = json.loads((out / "summary.json").read_text())
     assert both["tiny"] == summary["tiny"] and both["tiny2"]["gsm8k"]["n"] == 2
-    capsys.readouterr()
     rows = (out / "tiny" / "gsm8k.jsonl").read_text().splitlines()
     assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 2
     for r in map(json.loads, rows):  # each completion's verdict and the grader that gave it

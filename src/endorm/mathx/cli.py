@@ -244,6 +244,8 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
 def write_summary(path: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Merge this run's {model: {benchmark: figures}} into ``path`` and write it atomically: models and
     benchmarks of earlier runs into the same folder are kept (a second model must not erase the first's)."""
+    from endorm.io import replace_file
+
     merged: dict[str, Any] = {}
     if path.exists():
         try:
@@ -254,9 +256,7 @@ def write_summary(path: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> 
             raise ValueError(f"{path}: expected a JSON object of models, got {type(merged).__name__}")
     for tag, per_bench in summary.items():
         merged.setdefault(tag, {}).update(per_bench)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(path)
+    replace_file(path, json.dumps(merged, indent=2))
     return merged
 
 
