@@ -97,6 +97,13 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
                  "--max_new_tokens", "4", "--output_dir", str(out)]) == 0
     both = json.loads((out / "summary.json").read_text())
     assert both["tiny"] == summary["tiny"] and both["tiny2"]["gsm8k"]["n"] == 2
+    # resuming a finished file adds this invocation's seconds to the earlier total instead of replacing it
+    first = both["tiny2"]["gsm8k"]
+    assert first["seconds"] == first["seconds_this_run"]
+    assert main(["math-eval", "--models", str(tmp_path / "tiny2"), "--benchmarks", "gsm8k", "--limit", "2",
+                 "--max_new_tokens", "4", "--output_dir", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())["tiny2"]["gsm8k"]
+    assert again["n"] == 2 and again["seconds"] == pytest.approx(first["seconds"] + again["seconds_this_run"], abs=0.11)
     rows = (out / "tiny" / "gsm8k.jsonl").read_text().splitlines()
     assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 2
     for r in map(json.loads, rows):  # each completion's verdict and the grader that gave it

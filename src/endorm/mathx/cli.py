@@ -241,19 +241,24 @@ def _best_of_n(config: Config, folder: Path, bench: str, problems: list, records
     return summary
 
 
+def _read_summary(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        merged = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); move it away to start a new summary") from None
+    if not isinstance(merged, dict):
+        raise ValueError(f"{path}: expected a JSON object of models, got {type(merged).__name__}")
+    return merged
+
+
 def write_summary(path: Path, summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Merge this run's {model: {benchmark: figures}} into ``path`` and write it atomically: models and
     benchmarks of earlier runs into the same folder are kept (a second model must not erase the first's)."""
     from endorm.io import replace_file
 
-    merged: dict[str, Any] = {}
-    if path.exists():
-        try:
-            merged = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); move it away to start a new summary") from None
-        if not isinstance(merged, dict):
-            raise ValueError(f"{path}: expected a JSON object of models, got {type(merged).__name__}")
+    merged = _read_summary(path)
     for tag, per_bench in summary.items():
         merged.setdefault(tag, {}).update(per_bench)
     replace_file(path, json.dumps(merged, indent=2))
@@ -291,6 +296,7 @@ def run(config: Config) -> int:
     problems = {b: load_benchmark(b, config.data_dir, config.limit, config.seed) for b in benchmarks}
     out_root = Path(config.output_dir)
     summary: dict[str, dict[str, dict[str, Any]]] = {}
+    earlier = _read_summary(out_root / "summary.json")
     for name in models:
         tag = _tag(name)
         if config.regrade:
@@ -304,6 +310,7 @@ def run(config: Config) -> int:
         for b in benchmarks:
             path = out_root / tag / f"{_bench_tag(b)}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
+            resumed = path.exists() and path.stat().st_size > 0
             t0 = time.time()
             if forms:
                 _sample_and_score(config, path, _bench_tag(b), problems[b], model, sampler, tok, forms)
@@ -311,7 +318,10 @@ def run(config: Config) -> int:
                 _generate_file(config, path, problems[b], model, sampler, tok, config.temperature, config.num_samples)
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             s = summarize(records)
-            s["seconds"] = round(time.time() - t0, 1)
+            s["seconds_this_run"] = round(time.time() - t0, 1)
+            # a resumed file's time is the earlier invocations' plus this one's, so the figure covers every record
+            before = earlier.get(tag, {}).get(b, {}).get("seconds", 0.0) if resumed else 0.0
+            s["seconds"] = round(before + s["seconds_this_run"], 1)
             summary[tag][b] = s
             lo, hi = s["ci95"]
             print(f"{tag} {b}: {s['correct']}/{s['n']} = {100 * s['accuracy']:.1f}% "
