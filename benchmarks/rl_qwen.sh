@@ -36,7 +36,7 @@ case "$step" in
     if [[ -n $saved && -z $(newest "$out") ]]; then  # a new machine: start from the committed checkpoint
       mkdir -p "$out"
       cp -r "$saved" "$out/"
-      [[ -f $REC/$run/curves.csv ]] && cp "$REC/$run/curves.csv" "$out/"
+      for f in curves.csv invocations.jsonl; do [[ -f $REC/$run/$f ]] && cp "$REC/$run/$f" "$out/"; done
       echo "restored $saved into $out"
     fi
     endorm train --config "$cfg" --resume true ;;
@@ -46,7 +46,7 @@ case "$step" in
     [[ -n $ck ]] || { echo "no complete checkpoint in $out" >&2; exit 1; }
     rm -rf "$REC/$run" && mkdir -p "$REC/$run"
     cp -r "$ck" "$REC/$run/"
-    if [[ -f $out/curves.csv ]]; then cp "$out/curves.csv" "$REC/$run/"; fi
+    for f in curves.csv invocations.jsonl; do if [[ -f $out/$f ]]; then cp "$out/$f" "$REC/$run/"; fi; done
     if [[ -d $out/final ]]; then cp -r "$out/final" "$REC/$run/"; fi
     # the tokenizer files are the base model's (22 MB); an adapter without them loads the base's tokenizer
     find "$REC/$run" \( -name tokenizer.json -o -name tokenizer_config.json -o -name chat_template.jinja \) -delete

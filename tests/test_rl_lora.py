@@ -73,7 +73,42 @@ def test_bf16_copy_merges_lora_and_leaves_the_policy_alone():
         rollout_copy(peft_model, "fp8")
 
 
-@pytest.mark.parametrize("sampler", ["int8", "bf16"])
+def test_float32_copy_is_the_merged_policy():
+    from peft import LoraConfig, get_peft_model
+
+    from endorm.rl.rollout import rollout_copy
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        want = peft_model(x).logits
+        c = rollout_copy(peft_model, "float32")
+        got = c(x).logits
+    assert c.dtype == torch.float32 and not any("lora" in n for n, _ in c.named_parameters())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # merging changes nothing but rounding
+    assert any("lora_A" in n for n, _ in peft_model.named_parameters())
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse avx2 avx512f {extra}\n"
+
+
+def test_auto_rollout_sampler_follows_the_cpu():
+    from endorm.rl.rollout import cpu_has_bf16, resolve_rollout_sampler
+
+    assert cpu_has_bf16(CPUINFO.format(extra="avx512_bf16"))
+    assert cpu_has_bf16(CPUINFO.format(extra="amx_bf16 amx_tile"))
+    assert not cpu_has_bf16(CPUINFO.format(extra="avx512vnni"))
+    assert not cpu_has_bf16("")
+    assert resolve_rollout_sampler("auto", "cpu", CPUINFO.format(extra="avx512_bf16")) == "bf16"
+    assert resolve_rollout_sampler("auto", "cpu", CPUINFO.format(extra="")) == "float32"
+    assert resolve_rollout_sampler("auto", "cuda:0", CPUINFO.format(extra="")) == "policy"
+    assert resolve_rollout_sampler("int8", "cuda") == "int8"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_rollout_sampler("fp8")
+
+
+@pytest.mark.parametrize("sampler", ["int8", "bf16", "auto"])
 def test_lora_grpo_with_copied_rollouts(tiny_dir, tmp_path, monkeypatch, sampler):
     pytest.importorskip("trl")
     import endorm.rl.rollout as rollout
@@ -88,7 +123,13 @@ def test_lora_grpo_with_copied_rollouts(tiny_dir, tmp_path, monkeypatch, sampler
                       save_steps=1000, seed=0, prompt_template="plain", lora_r=4, rollout_sampler=sampler)
     m, t = tiny_model_and_tokenizer(seed=0)
     final = train(cfg, model_path=str(model_dir), reward_model=EndogenousRewardModel.from_model(m, t))
-    assert calls == [sampler, sampler]  # one copy per optimizer step
+    from endorm.rl.rollout import resolve_rollout_sampler
+
+    used = resolve_rollout_sampler(sampler, "cpu")
+    assert calls == [used, used]  # one copy per optimizer step
+    runs = [json.loads(line) for line in (tmp_path / "run" / "invocations.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["rollout_sampler"] == sampler and runs[0]["rollout_sampler_used"] == used
+    assert runs[0]["resumed_from"] is None and runs[0]["threads"] >= 1
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     from safetensors.torch import load_file
 

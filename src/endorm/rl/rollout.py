@@ -2,8 +2,11 @@
 
 On a CPU the rollouts are most of a GRPO step (benchmarks/sampling_speed.py). ``rollout_trainer_class``
 returns a subclass of TRL's GRPOTrainer whose plain-transformers generation path samples from a copy of the
-policy with LoRA merged in, rebuilt once per optimizer step: ``bf16`` casts the copy to bfloat16 (2.5x the
-tokens/s of float32 on a CPU with AVX-512 BF16, 0.0002 nats/token from it on Qwen2.5-Coder-0.5B); ``int8``
+policy with LoRA merged in, rebuilt once per optimizer step: ``float32`` keeps the copy in float32 (the
+policy's own distribution, without the unmerged adapter's extra matmuls); ``bf16`` casts it to bfloat16 (2.5x
+the tokens/s of float32 on a CPU with AVX-512 BF16, but 0.71x on one with AVX2 only; 0.0002 nats/token from it
+on Qwen2.5-Coder-0.5B); ``auto`` takes bf16 where the CPU has bfloat16 instructions, float32 elsewhere, and
+TRL's own generation on a GPU (``resolve_rollout_sampler``); ``int8``
 quantises every ``nn.Linear`` but the output layer (one weight scale per output channel, dynamic activation
 scales) and uses a static KV cache (0.27-0.35 nats/token). Everything else (rewards, reference and policy
 log-probabilities, the loss) is TRL's, in float32.
@@ -19,19 +22,50 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["ROLLOUT_SAMPLERS", "rollout_copy", "rollout_trainer_class"]
+__all__ = ["ROLLOUT_SAMPLERS", "cpu_has_bf16", "resolve_rollout_sampler", "rollout_copy", "rollout_trainer_class"]
 
-ROLLOUT_SAMPLERS = ("policy", "bf16", "int8")
+ROLLOUT_SAMPLERS = ("policy", "float32", "bf16", "int8", "auto")
+COPY_KINDS = ("float32", "bf16", "int8")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bfloat16 matrix instructions (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``'s
+    flags (or the given text); False where that file does not exist. Without them torch's bfloat16 matmuls
+    are emulated and slower than float32 (records/sampling/speed_0.5b_avx2.json)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_rollout_sampler(kind: str, device: str = "cpu", cpuinfo: str | None = None) -> str:
+    """``kind`` itself, or for ``auto`` the fastest sampler that keeps the rollouts on-policy to 0.0002
+    nats/token: TRL's own generation on a GPU (``device`` starting with cuda), a bf16 copy on a CPU with
+    bfloat16 instructions, a float32 copy on any other CPU."""
+    if kind not in ROLLOUT_SAMPLERS:
+        raise ValueError(f"rollout sampler: unknown {kind!r}; use one of {', '.join(ROLLOUT_SAMPLERS)}")
+    if kind != "auto":
+        return kind
+    if device.startswith("cuda"):
+        return "policy"
+    return "bf16" if cpu_has_bf16(cpuinfo) else "float32"
 
 
 def rollout_copy(model: Any, kind: str) -> Any:
     """An inference copy of ``model`` (a PeftModel is merged first, in the copy) for sampling, converted as
-    ``math-eval --sampler`` converts its sampler (``endorm.mathx.generate.make_sampler``): cast to bfloat16
-    (``bf16``) or with its ``nn.Linear`` layers but the output layer in int8 (``int8``)."""
+    ``math-eval --sampler`` converts its sampler (``endorm.mathx.generate.make_sampler``): kept in float32
+    (``float32``), cast to bfloat16 (``bf16``) or with its ``nn.Linear`` layers but the output layer in int8
+    (``int8``)."""
     from endorm.mathx.generate import make_sampler
 
-    if kind not in ("bf16", "int8"):
-        raise ValueError(f"rollout copy: unknown {kind!r}; use bf16 or int8")
+    if kind not in COPY_KINDS:
+        raise ValueError(f"rollout copy: unknown {kind!r}; use {', '.join(COPY_KINDS)}")
     src = copy.deepcopy(model)
     if hasattr(src, "merge_and_unload"):  # peft: merge into the copy, leave the training model alone
         src = src.merge_and_unload()
@@ -44,8 +78,9 @@ def rollout_trainer_class(sampler: str) -> type:
 
     if sampler == "policy":
         return GRPOTrainer
-    if sampler not in ROLLOUT_SAMPLERS:
-        raise ValueError(f"rollout sampler: unknown {sampler!r}; use one of {', '.join(ROLLOUT_SAMPLERS)}")
+    if sampler not in COPY_KINDS:
+        raise ValueError(f"rollout sampler: unknown {sampler!r}; use policy or one of {', '.join(COPY_KINDS)} "
+                         "(resolve auto first: resolve_rollout_sampler)")
 
     class CopyRolloutGRPOTrainer(GRPOTrainer):
         _sampler: Any = None

@@ -21,7 +21,8 @@ from endorm.rl.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_dataset", "build_grpo_config", "build_trainer", "last_checkpoint", "train"]
+__all__ = ["build_dataset", "build_grpo_config", "build_trainer", "last_checkpoint", "record_invocation",
+           "rollout_sampler_for", "train"]
 
 
 def _require_trl() -> None:
@@ -178,9 +179,49 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     args.reward_weights = weights + [0.0] * len(monitors)  # the monitors are curves, not rewards
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    return _trainer_class(cfg.rollout_sampler)(model=path, reward_funcs=[*reward_fns, *monitors], args=args,
+    return _trainer_class(rollout_sampler_for(cfg))(model=path, reward_funcs=[*reward_fns, *monitors], args=args,
                                                train_dataset=dataset,
                                                processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
+
+
+def rollout_sampler_for(cfg: TrainConfig) -> str:
+    """The rollout sampler this machine runs ``cfg`` with (``auto`` resolved: endorm.rl.rollout)."""
+    import torch
+
+    from endorm.rl.rollout import resolve_rollout_sampler
+
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return resolve_rollout_sampler(cfg.rollout_sampler, "cuda" if cuda else "cpu")
+
+
+def record_invocation(cfg: TrainConfig, resumed_from: str | None) -> dict[str, Any]:
+    """Append one line per ``train`` call to ``output_dir/invocations.jsonl``: when, on which machine, from
+    which checkpoint and with which rollout sampler. A 100-step CPU run spans sessions and machines, and a
+    step's time (the curves' elapsed_s) means little without the CPU that ran it."""
+    import datetime
+    import json
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    from endorm.rl.rollout import cpu_has_bf16
+
+    row = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "resumed_from": resumed_from, "rollout_sampler": cfg.rollout_sampler,
+           "rollout_sampler_used": rollout_sampler_for(cfg), "cpu": cpu, "cpu_bf16": cpu_has_bf16(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    with open(Path(cfg.output_dir) / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    log.info("rollouts: %s (rollout_sampler %s)", row["rollout_sampler_used"], cfg.rollout_sampler)
+    return row
 
 
 def lora_config(cfg: TrainConfig) -> Any:
@@ -228,6 +269,7 @@ def train(cfg: TrainConfig, **kwargs: Any) -> Path:
         resume = str(last) if last else None
         if resume is None:
             log.info("--resume: no checkpoint in %s, starting fresh", out)
+    record_invocation(cfg, resume)
     trainer.train(resume_from_checkpoint=resume)
     final = out / "final"
     trainer.save_model(str(final))
