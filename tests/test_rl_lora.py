@@ -90,6 +90,36 @@ def test_float32_copy_is_the_merged_policy():
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
 
 
+@pytest.mark.parametrize("kind", ["float32", "bf16"])
+def test_refresh_copy_writes_the_new_merged_weights_in_place(kind):
+    from peft import LoraConfig, get_peft_model
+
+    from endorm.rl.rollout import refresh_copy, rollout_copy
+
+    model, _ = tiny_model_and_tokenizer(seed=0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    c = rollout_copy(peft_model, kind)
+    storage = c.model.layers[0].self_attn.q_proj.weight.data_ptr()
+    with torch.no_grad():  # a training step moves the adapter
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5 * torch.randn_like(p))
+    fresh = rollout_copy(peft_model, kind)
+    assert refresh_copy(c, peft_model) is c
+    assert c.model.layers[0].self_attn.q_proj.weight.data_ptr() == storage  # written in place
+    for (name, got), (_, want) in zip(c.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(got, want), name  # exactly the copy a new rollout_copy makes
+    x = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        if kind == "float32":
+            torch.testing.assert_close(c(x).logits, peft_model(x).logits, atol=1e-5, rtol=1e-5)
+    # a copy whose layout differs from the model's is refused, not half-written silently
+    other, _ = tiny_model_and_tokenizer(seed=0)
+    other.register_buffer("extra", torch.zeros(1))
+    with pytest.raises(KeyError, match="extra"):
+        refresh_copy(other, peft_model)
+
+
 CPUINFO = "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse avx2 avx512f {extra}\n"
 
 
@@ -117,6 +147,9 @@ def test_lora_grpo_with_copied_rollouts(tiny_dir, tmp_path, monkeypatch, sampler
     calls = []
     real = rollout.rollout_copy
     monkeypatch.setattr(rollout, "rollout_copy", lambda m, k: calls.append(k) or real(m, k))
+    refreshed = []
+    real_refresh = rollout.refresh_copy
+    monkeypatch.setattr(rollout, "refresh_copy", lambda c, m: refreshed.append(1) or real_refresh(c, m))
     model_dir, data = tiny_dir
     cfg = TrainConfig(reward="endogenous", dataset=str(data), output_dir=str(tmp_path / "run"), max_steps=2,
                       num_generations=2, per_device_train_batch_size=4, max_completion_length=8, learning_rate=1e-2,
@@ -126,7 +159,9 @@ def test_lora_grpo_with_copied_rollouts(tiny_dir, tmp_path, monkeypatch, sampler
     from endorm.rl.rollout import resolve_rollout_sampler
 
     used = resolve_rollout_sampler(sampler, "cpu")
-    assert calls == [used, used]  # one copy per optimizer step
+    # int8 builds a new copy each optimizer step; float32 and bf16 build one and refresh it in place
+    assert calls == ([used, used] if used == "int8" else [used])
+    assert refreshed == ([] if used == "int8" else [1])
     runs = [json.loads(line) for line in (tmp_path / "run" / "invocations.jsonl").read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["rollout_sampler"] == sampler and runs[0]["rollout_sampler_used"] == used
     assert runs[0]["resumed_from"] is None and runs[0]["threads"] >= 1

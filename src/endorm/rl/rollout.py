@@ -1,17 +1,17 @@
-"""Faster GRPO rollouts on a CPU: sample from a bfloat16 or int8 copy of the current policy.
+"""Faster GRPO rollouts on a CPU: sample from a float32, bfloat16 or int8 copy of the current policy.
 
 On a CPU the rollouts are most of a GRPO step (benchmarks/sampling_speed.py). ``rollout_trainer_class``
 returns a subclass of TRL's GRPOTrainer whose plain-transformers generation path samples from a copy of the
-policy with LoRA merged in, rebuilt once per optimizer step: ``float32`` keeps the copy in float32 (the
-policy's own distribution, without the unmerged adapter's extra matmuls); ``bf16`` casts it to bfloat16 (2.5x
-the tokens/s of float32 on a CPU with AVX-512 BF16, but 0.71x on one with AVX2 only; 0.0002 nats/token from it
-on Qwen2.5-Coder-0.5B); ``auto`` takes bf16 where the CPU has bfloat16 instructions, float32 elsewhere, and
-TRL's own generation on a GPU (``resolve_rollout_sampler``); ``int8``
-quantises every ``nn.Linear`` but the output layer (one weight scale per output channel, dynamic activation
-scales) and uses a static KV cache (0.27-0.35 nats/token). Everything else (rewards, reference and policy
-log-probabilities, the loss) is TRL's, in float32.
+policy with LoRA merged in, made once and refreshed in place each optimizer step (``refresh_copy``):
+``float32`` keeps the copy in float32 (the policy's own distribution, without the unmerged adapter's extra
+matmuls); ``bf16`` casts it to bfloat16 (2.5x the tokens/s of float32 on a CPU with AVX-512 BF16, but 0.71x on
+one with AVX2 only; 0.0002 nats/token from float32 on Qwen2.5-Coder-0.5B); ``auto`` takes bf16 where the CPU
+has bfloat16 instructions, float32 elsewhere, and TRL's own generation on a GPU (``resolve_rollout_sampler``);
+``int8`` quantises every ``nn.Linear`` but the output layer (one weight scale per output channel, dynamic
+activation scales), is rebuilt each step, and uses a static KV cache (0.27-0.35 nats/token). Everything else
+(rewards, reference and policy log-probabilities, the loss) is TRL's, in float32.
 
-What it changes: the rollouts come from a slightly different policy than the one being trained (the
+What bf16 and int8 change: the rollouts come from a slightly different policy than the one being trained (the
 per-token KL between the two is measured by ``benchmarks/sampling_speed.py --kl``). TRL treats them as
 on-policy, as it does vLLM's rollouts when its importance-sampling correction is off; with one update per
 batch (``num_iterations=1``) the ratio in the loss is 1 either way.
@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["ROLLOUT_SAMPLERS", "cpu_has_bf16", "resolve_rollout_sampler", "rollout_copy", "rollout_trainer_class"]
+__all__ = ["ROLLOUT_SAMPLERS", "cpu_has_bf16", "refresh_copy", "resolve_rollout_sampler", "rollout_copy",
+           "rollout_trainer_class"]
 
 ROLLOUT_SAMPLERS = ("policy", "float32", "bf16", "int8", "auto")
 COPY_KINDS = ("float32", "bf16", "int8")
@@ -72,6 +73,43 @@ def rollout_copy(model: Any, kind: str) -> Any:
     return make_sampler(src.eval(), kind, inplace=True)
 
 
+def refresh_copy(copy_: Any, model: Any) -> Any:
+    """Write ``model``'s current weights (a PeftModel's LoRA merged) into ``copy_``, a float32 or bf16 copy from
+    ``rollout_copy``, in place, and return it: the copy a fresh ``rollout_copy`` would give, without allocating
+    a new model each step (the copy's tensors keep their storage; only each LoRA layer's merged weight is a
+    temporary). Raises KeyError when the two do not match name for name (e.g. peft's ``modules_to_save``) and
+    NotImplementedError for DoRA, whose merge is not W + BA; the caller then builds a new copy."""
+    import torch
+
+    dst = copy_.state_dict()  # detached views of the copy's own tensors: copy_() writes into the model
+    if hasattr(model, "get_base_model") and hasattr(model, "active_adapters"):
+        from peft.tuners.lora import LoraLayer
+
+        base = model.get_base_model()
+        adapters = list(model.active_adapters)
+        lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        if any(m.use_dora.get(a, False) for m in lora.values() for a in adapters):
+            raise NotImplementedError("refresh_copy: DoRA adapters are merged by rollout_copy only")
+    else:
+        base, adapters, lora = model, [], {}
+    written = set()
+    with torch.no_grad():
+        for key, t in base.state_dict().items():
+            if ".lora_" in key:  # the adapter's own factors, merged below
+                continue
+            name = key.replace(".base_layer.", ".")  # a LoRA layer's wrapped nn.Linear has the plain name merged
+            module = name.rpartition(".")[0]
+            if module in lora and key.endswith("base_layer.weight"):
+                for a in adapters:
+                    if a in lora[module].lora_A:
+                        t = t + lora[module].get_delta_weight(a)  # W + scaling * B A, as peft's merge
+            dst[name].copy_(t)  # KeyError when the layouts differ
+            written.add(name)
+    if missing := set(dst) - written:
+        raise KeyError(f"refresh_copy: the copy has tensors the model does not: {sorted(missing)[:3]}")
+    return copy_
+
+
 def rollout_trainer_class(sampler: str) -> type:
     """TRL's GRPOTrainer, or its subclass that samples rollouts from ``rollout_copy(policy, sampler)``."""
     from trl import GRPOTrainer
@@ -89,8 +127,16 @@ def rollout_trainer_class(sampler: str) -> type:
         def _rollout_model(self) -> Any:
             step = self.state.global_step
             if self._sampler is None or self._sampler_step != step:
+                policy = self.accelerator.unwrap_model(self.model)
+                if self._sampler is not None and sampler != "int8":
+                    try:  # the same copy, new weights: no 1-2 GB allocation per step
+                        refresh_copy(self._sampler, policy)
+                        self._sampler_step = step
+                        return self._sampler
+                    except (KeyError, NotImplementedError):
+                        pass
                 self._sampler = None  # free the old copy before building the new one
-                self._sampler = rollout_copy(self.accelerator.unwrap_model(self.model), sampler)
+                self._sampler = rollout_copy(policy, sampler)
                 self._sampler_step = step
             return self._sampler
 
