@@ -4,9 +4,11 @@ On a CPU the rollouts are most of a GRPO step (benchmarks/sampling_speed.py). ``
 returns a subclass of TRL's GRPOTrainer whose plain-transformers generation path samples from a copy of the
 policy with LoRA merged in, made once and refreshed in place each optimizer step (``refresh_copy``):
 ``float32`` keeps the copy in float32 (the policy's own distribution, without the unmerged adapter's extra
-matmuls); ``bf16`` casts it to bfloat16 (2.5x the tokens/s of float32 on a CPU with AVX-512 BF16, but 0.71x on
-one with AVX2 only; 0.0002 nats/token from float32 on Qwen2.5-Coder-0.5B); ``auto`` takes bf16 where the CPU
-has bfloat16 instructions, float32 elsewhere, and TRL's own generation on a GPU (``resolve_rollout_sampler``);
+matmuls); ``bf16`` casts it to bfloat16 (2.5x the tokens/s of float32 on a CPU with AVX-512 BF16; 0.0002
+nats/token from float32 on Qwen2.5-Coder-0.5B); ``auto`` takes the bf16 copy on any CPU and TRL's own generation
+on a GPU (``resolve_rollout_sampler``). On an AVX2-only CPU a 64-token benchmark had float32 ahead (bf16 0.71x),
+but in a real GRPO step of the 0.5B model (448-token static cache) float32 was the slower: 542 s against 484 s
+for the same completions (docs/RESULTS.md), so auto does not switch on the CPU's flags;
 ``int8`` quantises every ``nn.Linear`` but the output layer (one weight scale per output channel, dynamic
 activation scales), is rebuilt each step, and uses a static KV cache (0.27-0.35 nats/token). Everything else
 (rewards, reference and policy log-probabilities, the loss) is TRL's, in float32.
@@ -46,16 +48,16 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve_rollout_sampler(kind: str, device: str = "cpu", cpuinfo: str | None = None) -> str:
-    """``kind`` itself, or for ``auto`` the fastest sampler that keeps the rollouts on-policy to 0.0002
-    nats/token: TRL's own generation on a GPU (``device`` starting with cuda), a bf16 copy on a CPU with
-    bfloat16 instructions, a float32 copy on any other CPU."""
+    """``kind`` itself, or for ``auto`` the fastest sampler measured in a GRPO step that keeps the rollouts
+    on-policy to 0.0002 nats/token: TRL's own generation on a GPU (``device`` starting with cuda), a bf16 copy on
+    a CPU, with or without bfloat16 instructions (``cpuinfo`` is accepted for the record, not used)."""
     if kind not in ROLLOUT_SAMPLERS:
         raise ValueError(f"rollout sampler: unknown {kind!r}; use one of {', '.join(ROLLOUT_SAMPLERS)}")
     if kind != "auto":
         return kind
     if device.startswith("cuda"):
         return "policy"
-    return "bf16" if cpu_has_bf16(cpuinfo) else "float32"
+    return "bf16"
 
 
 def rollout_copy(model: Any, kind: str) -> Any:
