@@ -130,11 +130,10 @@ def test_auto_rollout_sampler_follows_the_cpu():
     assert cpu_has_bf16(CPUINFO.format(extra="amx_bf16 amx_tile"))
     assert not cpu_has_bf16(CPUINFO.format(extra="avx512vnni"))
     assert not cpu_has_bf16("")
-    assert resolve_rollout_sampler("auto", "cpu", CPUINFO.format(extra="avx512_bf16")) == "bf16"
-    # without bf16 instructions too: a real GRPO step was faster with the bf16 copy on an AVX2-only CPU
-    assert resolve_rollout_sampler("auto", "cpu", CPUINFO.format(extra="")) == "bf16"
+    # bf16 on any CPU: a real GRPO step was faster with the bf16 copy on an AVX2-only CPU too
+    assert resolve_rollout_sampler("auto", "cpu") == "bf16"
     assert resolve_rollout_sampler("float32", "cpu") == "float32"
-    assert resolve_rollout_sampler("auto", "cuda:0", CPUINFO.format(extra="")) == "policy"
+    assert resolve_rollout_sampler("auto", "cuda:0") == "policy"
     assert resolve_rollout_sampler("int8", "cuda") == "int8"  # an explicit choice is kept
     with pytest.raises(ValueError, match="unknown"):
         resolve_rollout_sampler("fp8")

@@ -72,7 +72,7 @@ class TrainConfig:
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={
         "help": "comma-separated module names LoRA adapts, or all-linear"})
     rollout_sampler: str = field(default="policy", metadata={
-        "help": "policy (TRL's generation) | float32 (a float32 copy of the current policy, LoRA merged, rebuilt "
+        "help": "policy (TRL's generation) | float32 (a float32 copy of the current policy, LoRA merged, refreshed "
                 "each step) | bf16 (a bfloat16 copy: 2.5x float32 on a CPU with AVX-512 BF16, 1.1x in a GRPO step on "
                 "AVX2 only; 0.0002 nats/token off-policy) | int8 (an int8 copy, static KV cache: faster, 0.3 nats/token "
                 "off-policy) | auto (bf16 on a CPU, policy on a GPU); endorm.rl.rollout"})

@@ -204,19 +204,17 @@ def record_invocation(cfg: TrainConfig, resumed_from: str | None) -> dict[str, A
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
     from endorm.rl.rollout import cpu_has_bf16
 
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    names = [line.partition(":")[2].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
     row = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "resumed_from": resumed_from, "rollout_sampler": cfg.rollout_sampler,
-           "rollout_sampler_used": rollout_sampler_for(cfg), "cpu": cpu, "cpu_bf16": cpu_has_bf16(),
+           "rollout_sampler_used": rollout_sampler_for(cfg), "cpu": cpu, "cpu_bf16": cpu_has_bf16(cpuinfo),
            "threads": torch.get_num_threads(), "torch": torch.__version__}
     with open(Path(cfg.output_dir) / "invocations.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
