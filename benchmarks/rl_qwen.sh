@@ -3,7 +3,7 @@
 # reasons"), and their evaluation. One heavy step at a time; each resumes (a CPU step takes minutes).
 #   bash benchmarks/rl_qwen.sh probe RUN          # 3 steps into runs/probe_RUN: step time and peak memory
 #   bash benchmarks/rl_qwen.sh train RUN          # 100 steps; resumes from runs/ or from the committed checkpoint
-#   bash benchmarks/rl_qwen.sh save RUN           # copy the newest checkpoint and the curves into records/rl/
+#   bash benchmarks/rl_qwen.sh save RUN           # copy the newest checkpoint, curves and completions into records/rl/
 #   bash benchmarks/rl_qwen.sh eval RUN [BENCH]   # greedy after RL: gsm8k (200) or math500 (60); RUN=base: before
 #   bash benchmarks/rl_qwen.sh compare            # before/after with Wilson intervals and McNemar tests
 # RUN is the config's suffix: configs/qwen05_grpo_RUN.yaml (correctness = run b; endogenous = run a; gated = run
@@ -36,7 +36,7 @@ case "$step" in
     if [[ -n $saved && -z $(newest "$out") ]]; then  # a new machine: start from the committed checkpoint
       mkdir -p "$out"
       cp -r "$saved" "$out/"
-      for f in curves.csv invocations.jsonl; do [[ -f $REC/$run/$f ]] && cp "$REC/$run/$f" "$out/"; done
+      for f in curves.csv invocations.jsonl completions.jsonl; do [[ -f $REC/$run/$f ]] && cp "$REC/$run/$f" "$out/"; done
       echo "restored $saved into $out"
     fi
     endorm train --config "$cfg" --resume true ;;
@@ -46,7 +46,7 @@ case "$step" in
     [[ -n $ck ]] || { echo "no complete checkpoint in $out" >&2; exit 1; }
     rm -rf "$REC/$run" && mkdir -p "$REC/$run"
     cp -r "$ck" "$REC/$run/"
-    for f in curves.csv invocations.jsonl; do if [[ -f $out/$f ]]; then cp "$out/$f" "$REC/$run/"; fi; done
+    for f in curves.csv invocations.jsonl completions.jsonl; do if [[ -f $out/$f ]]; then cp "$out/$f" "$REC/$run/"; fi; done
     if [[ -d $out/final ]]; then cp -r "$out/final" "$REC/$run/"; fi
     # the tokenizer files are the base model's (22 MB); an adapter without them loads the base's tokenizer
     find "$REC/$run" \( -name tokenizer.json -o -name tokenizer_config.json -o -name chat_template.jinja \) -delete

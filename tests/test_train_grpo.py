@@ -67,6 +67,15 @@ def test_two_step_grpo_run(tiny_dir, tmp_path, reward, beta):
         if beta > 0:
             assert r["kl"] != ""
     assert (tmp_path / reward / "curves.png").stat().st_size > 1000
+    # completions.jsonl holds each step's samples, and their rewards average to the curve's reward
+    done = [json.loads(line) for line in open(tmp_path / reward / "completions.jsonl")]
+    assert [d["step"] for d in done] == [1] * 4 + [2] * 4
+    name = main.removeprefix("reward_")
+    for r in rows:
+        mine = [d for d in done if d["step"] == int(r["step"])]
+        assert all(d["prompt"] and isinstance(d["completion"], str) for d in mine)
+        assert sum(d["rewards"][name] for d in mine) / 4 == pytest.approx(float(r["reward"]), rel=1e-4, abs=1e-4)
+        assert {"answered", "distinct_answers"} <= mine[0]["rewards"].keys()
     # the saved policy loads and differs from the start (lr 1e-4 moves a random model measurably)
     before = AutoModelForCausalLM.from_pretrained(model_dir)
     after = AutoModelForCausalLM.from_pretrained(final)
@@ -246,11 +255,33 @@ def test_resume_starts_at_the_checkpoint(tiny_dir, tmp_path, max_steps, save_ste
             assert torch.equal(got["opt"][key][n], v) if torch.is_tensor(v) else got["opt"][key][n] == v, (key, n)
     rows = curve(run)
     assert [int(r["step"]) for r in rows] == list(range(1, max_steps + 1))
+    # the sampled completions replay too, each step's once (the interrupted run's steps after k dropped)
+    assert (run / "completions.jsonl").read_text() == (tmp_path / "ref" / "completions.jsonl").read_text()
     assert rows[:k] == want_curve[:k]  # the rows before the checkpoint are kept
     assert rows == want_curve  # and the steps after it replay the uninterrupted run's
     state = json.loads((last_checkpoint(run) / "trainer_state.json").read_text())
     assert state["global_step"] == max_steps  # the Trainer also saves at the last step
     assert [h["step"] for h in state["log_history"] if "reward" in h] == list(range(1, state["global_step"] + 1))
+
+
+def test_completion_log_rows_and_resume(tmp_path):
+    from endorm.rl.logging import CompletionLog, completion_rows
+
+    msgs = [[{"role": "user", "content": "Q1"}]] * 2
+    comps = [[{"role": "assistant", "content": "A"}], [{"role": "assistant", "content": "B"}]]
+    rows = completion_rows(3, msgs, comps, {"correctness": [1.0, float("nan")]}, [0.5, -0.5])
+    assert rows[0] == {"step": 3, "prompt": "Q1", "completion": "A", "rewards": {"correctness": 1.0}, "advantage": 0.5}
+    assert rows[1]["rewards"]["correctness"] is None and rows[1]["completion"] == "B"
+    with pytest.raises(ValueError, match="step 3: 2 completions but {'correctness': 1}"):
+        completion_rows(3, msgs, comps, {"correctness": [1.0]}, [0.5, -0.5])
+    path = tmp_path / "completions.jsonl"
+    log = CompletionLog(path)
+    for step in (1, 2, 3):
+        log.append(completion_rows(step, msgs, comps, {"r": [0.0, 1.0]}, [0.0, 0.0]))
+    again = CompletionLog(path)  # resumed from checkpoint-1: steps 2 and 3 are redone
+    again.append(completion_rows(2, msgs, comps, {"r": [7.0, 7.0]}, [0.0, 0.0]))
+    got = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(g["step"], g["rewards"]["r"]) for g in got] == [(1, 0.0), (1, 1.0), (2, 7.0), (2, 7.0)]
 
 
 def test_epoch_order_matches_trl_and_survives_a_restart():

@@ -58,6 +58,9 @@ class TrainConfig:
     num_iterations: int = field(default=1, metadata={"help": "policy updates per generated batch (mu)"})
     seed: int = field(default=0, metadata={"help": "seed for prompt subset, sampling and init"})
     logging_steps: int = field(default=1, metadata={"help": "log (CSV row) every this many steps"})
+    log_completions: bool = field(default=True, metadata={
+        "help": "append each logged step's prompts, completions, rewards and advantages to output_dir/completions.jsonl"
+                " (with logging_steps > 1, only the last step's before each log)"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every this many steps (for --resume)"})
     save_total_limit: int = field(default=1, metadata={"help": "checkpoints kept"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})

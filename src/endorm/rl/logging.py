@@ -5,19 +5,24 @@ logged by TRL when beta > 0), completion mean length, entropy (of the policy ove
 loss, learning rate, the process's peak RSS, and the mean of every reward function (``rewards/<name>/mean``,
 the weight-0 monitors ``answered`` and ``distinct_answers`` included). The CSV is flushed
 every step, so a run that is stopped keeps its curve; a resumed run appends.
+
+``completions.jsonl`` beside it keeps what the curves average: one row per completion (step, prompt, completion,
+each reward function's value, the group advantage), so a step's reward can be checked by reading its samples.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["CurveLogger", "plot_curves", "read_curves", "CURVE_COLUMNS"]
+__all__ = ["CurveLogger", "CompletionLog", "completion_rows", "plot_curves", "read_curves", "CURVE_COLUMNS"]
 
 CURVE_COLUMNS = ["step", "elapsed_s", "reward", "reward_std", "kl", "completion_length", "entropy", "loss",
                  "learning_rate", "clipped_ratio", "peak_rss_mb"]
@@ -97,6 +102,54 @@ class CurveLogger(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.csv_path.exists():
             plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+
+def _text(x: Any) -> str:
+    # a conversational prompt/completion is a list of messages; the last one holds the new text
+    if isinstance(x, list) and x and isinstance(x[-1], dict):
+        return str(x[-1].get("content", ""))
+    return str(x)
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else round(v, 6)
+
+
+def completion_rows(step: int, prompts: Sequence[Any], completions: Sequence[Any],
+                    rewards: dict[str, Sequence[float]], advantages: Sequence[float]) -> list[dict[str, Any]]:
+    """One JSON-able row per completion; ``rewards`` maps each reward function's name to its values
+    (NaN, TRL's "not scored", becomes null). Raises when the columns' lengths differ, rather than misalign."""
+    n = len(completions)
+    lengths = {"prompts": len(prompts), "advantages": len(advantages), **{k: len(v) for k, v in rewards.items()}}
+    bad = {k: m for k, m in lengths.items() if m != n}
+    if bad:
+        raise ValueError(f"step {step}: {n} completions but {bad}")
+    return [{"step": step, "prompt": _text(prompts[i]), "completion": _text(completions[i]),
+             "rewards": {k: _num(v[i]) for k, v in rewards.items()}, "advantage": _num(advantages[i])}
+            for i in range(n)]
+
+
+class CompletionLog:
+    """Append-only ``completions.jsonl``; the first append of a resumed run drops rows from its step on
+    (steps after the checkpoint it resumed from, logged by the interrupted run and about to be redone)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._first = True
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self._first and self.path.exists():
+            step = rows[0]["step"]
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] < step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._first = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _peak_rss_mb() -> float:

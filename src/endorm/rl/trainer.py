@@ -134,8 +134,26 @@ def _trainer_class(rollout_sampler: str = "policy") -> Any:
     from endorm.rl.rollout import rollout_trainer_class
 
     class Trainer(rollout_trainer_class(rollout_sampler)):
+        completion_log: Any = None  # an endorm.rl.logging.CompletionLog, set by build_trainer
+
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             return EpochOrder(super()._get_train_sampler(dataset))
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            super().log(logs, start_time)
+            if self.completion_log is None or "reward" not in logs or not self.model.training:
+                return
+            # TRL keeps the latest generation batch in self._logs (what its log_completions prints)
+            tl = getattr(self, "_logs", None)
+            if not isinstance(tl, dict) or not {"prompt", "completion", "rewards", "advantages"} <= tl.keys():
+                log.warning("this TRL keeps no per-completion logs; completions.jsonl is not written")
+                self.completion_log = None
+                return
+            from endorm.rl.logging import completion_rows
+
+            self.completion_log.append(completion_rows(
+                self.state.global_step, list(tl["prompt"]), list(tl["completion"]),
+                {k: list(v) for k, v in tl["rewards"].items()}, list(tl["advantages"])))
 
     return Trainer
 
@@ -149,7 +167,7 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
 
     from endorm.integrations.trl import EndogenousRewardFunction
     from endorm.models import resolve
-    from endorm.rl.logging import CurveLogger
+    from endorm.rl.logging import CompletionLog, CurveLogger
     from endorm.rl.rewards import MONITORS, FormatGate, make_reward_func
 
     path = model_path or resolve(cfg.model)
@@ -179,9 +197,12 @@ def build_trainer(cfg: TrainConfig, model_path: str | None = None, reward_model:
     args.reward_weights = weights + [0.0] * len(monitors)  # the monitors are curves, not rewards
     dataset = build_dataset(cfg, data_dir)
     cbs = [CurveLogger(cfg.output_dir, title=cfg.reward), *(callbacks or [])]
-    return _trainer_class(rollout_sampler_for(cfg))(model=path, reward_funcs=[*reward_fns, *monitors], args=args,
-                                               train_dataset=dataset,
-                                               processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
+    trainer = _trainer_class(rollout_sampler_for(cfg))(model=path, reward_funcs=[*reward_fns, *monitors], args=args,
+                                                    train_dataset=dataset,
+                                                    processing_class=tok, callbacks=cbs, peft_config=lora_config(cfg))
+    if cfg.log_completions:
+        trainer.completion_log = CompletionLog(Path(cfg.output_dir) / "completions.jsonl")
+    return trainer
 
 
 def rollout_sampler_for(cfg: TrainConfig) -> str:
