@@ -104,8 +104,8 @@ class CurveLogger(TrainerCallback):
             plot_curves({self.title or "run": self.csv_path}, self.png_path)
 
 
-def _text(x: Any) -> str:
-    # a conversational prompt/completion is a list of messages; the last one holds the new text
+def _prompt_text(x: Any) -> str:
+    # a conversational prompt is a list of messages; the last one holds the question
     if isinstance(x, list) and x and isinstance(x[-1], dict):
         return str(x[-1].get("content", ""))
     return str(x)
@@ -125,7 +125,9 @@ def completion_rows(step: int, prompts: Sequence[Any], completions: Sequence[Any
     bad = {k: m for k, m in lengths.items() if m != n}
     if bad:
         raise ValueError(f"step {step}: {n} completions but {bad}")
-    return [{"step": step, "prompt": _text(prompts[i]), "completion": _text(completions[i]),
+    from endorm.rl.rewards import completion_text  # the text the rewards grade
+
+    return [{"step": step, "prompt": _prompt_text(prompts[i]), "completion": completion_text(completions[i]),
              "rewards": {k: _num(v[i]) for k, v in rewards.items()}, "advantage": _num(advantages[i])}
             for i in range(n)]
 
