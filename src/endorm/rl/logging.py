@@ -22,6 +22,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from endorm.rl.rewards import completion_text  # the text the rewards grade
+
 __all__ = ["CurveLogger", "CompletionLog", "completion_rows", "plot_curves", "read_curves", "CURVE_COLUMNS"]
 
 CURVE_COLUMNS = ["step", "elapsed_s", "reward", "reward_std", "kl", "completion_length", "entropy", "loss",
@@ -125,8 +127,6 @@ def completion_rows(step: int, prompts: Sequence[Any], completions: Sequence[Any
     bad = {k: m for k, m in lengths.items() if m != n}
     if bad:
         raise ValueError(f"step {step}: {n} completions but {bad}")
-    from endorm.rl.rewards import completion_text  # the text the rewards grade
-
     return [{"step": step, "prompt": _prompt_text(prompts[i]), "completion": completion_text(completions[i]),
              "rewards": {k: _num(v[i]) for k, v in rewards.items()}, "advantage": _num(advantages[i])}
             for i in range(n)]
