@@ -123,6 +123,50 @@ def curve_summary(run_dir: str, window: int = 10) -> dict:
     return out
 
 
+# the columns of the per-stretch tables in docs/RESULTS.md (curves.csv name -> header)
+BIN_COLUMNS = {"reward": "reward", "kl": "KL (nats/token)", "completion_length": "length (tokens)",
+               "entropy": "entropy", "reward_distinct_answers": "distinct answers in a group"}
+
+
+def curve_bins(run_dir: str, bins: int) -> list[dict]:
+    """Means of each curve over ``bins`` equal runs of steps (run a's quarter table), with s/step and peak RSS.
+
+    s/step is the bin's share of ``elapsed_s``, which counts training time only and carries over a resume, so
+    a bin that spans a restart includes the model load of the resumed stretch.
+    """
+    from endorm.rl.logging import read_curves
+
+    cols = read_curves(Path(run_dir) / "curves.csv")
+    n = len(cols["step"])
+    if n < bins:
+        raise ValueError(f"{run_dir}: {n} steps in curves.csv, fewer than --bins {bins}")
+    edges = [round(i * n / bins) for i in range(bins + 1)]
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        row: dict = {"steps": f"{int(cols['step'][lo])}-{int(cols['step'][hi - 1])}"}
+        for k in BIN_COLUMNS:
+            if k in cols:
+                xs = [x for x in cols[k][lo:hi] if not math.isnan(x)]
+                row[k] = sum(xs) / len(xs) if xs else float("nan")
+        start = cols["elapsed_s"][lo - 1] if lo else 0.0
+        row["s_per_step"] = (cols["elapsed_s"][hi - 1] - start) / (hi - lo)
+        if "peak_rss_mb" in cols:
+            row["peak_rss_gb"] = max(cols["peak_rss_mb"][lo:hi]) / 1000  # GB, as the docs write it
+        rows.append(row)
+    return rows
+
+
+def print_bins(label: str, rows: list[dict]) -> None:
+    keys = [k for k in BIN_COLUMNS if k in rows[0]]
+    print(f"\n{label}\n")
+    print("| steps | " + " | ".join(BIN_COLUMNS[k] for k in keys) + " | s/step | peak RSS (GB) |")
+    print("|---|" + "---:|" * (len(keys) + 2))
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if k in ("kl", "entropy") else f"{r[k]:.2f}" for k in keys]
+        rss = r.get("peak_rss_gb", float("nan"))
+        print(f"| {r['steps']} | " + " | ".join(cells) + f" | {r['s_per_step']:.0f} | {rss:.1f} |")
+
+
 def probe(before: str, after: str, forms: list[str], model: str | None = None, rm=None) -> dict:
     """Score each problem's before- and after-training greedy answers with the frozen base model's reward.
 
@@ -170,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--after", nargs="*", default=[], help="label=path/to/gsm8k.jsonl")
     c.add_argument("--json", default=None, help="also write the numbers here")
     s = sub.add_parser("curves", help="first/last-window means of each run's curves")
-    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="label=run_dir (holding curves.csv)")
+    s.add_argument("--bins", type=int, default=0,
+                   help="also a markdown table of means over this many equal runs of steps (4: quarters)")
     s.add_argument("--json", default=None, help="also write the numbers here")
     q = sub.add_parser("probe", help="which reward forms prefer the trained policy's answers to the base model's")
     q.add_argument("--before", required=True, help="math-eval gsm8k.jsonl of the base model")
@@ -201,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             label, d = r.rsplit("=", 1)
             runs[label] = {k: round(v, 4) for k, v in curve_summary(d).items()}
             print(label, json.dumps(runs[label]))
+            if args.bins:
+                rows = curve_bins(d, args.bins)
+                print_bins(label, rows)
+                runs[label]["bins"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+                                       for r in rows]
         if args.json:
             write_json(args.json, {"runs": runs})
     return 0

@@ -72,3 +72,23 @@ def test_compare_and_curves_json_name_their_command(tmp_path, monkeypatch):
     assert res["command"].endswith(" ".join(argv))
     assert res["runs"]["a"]["steps"] == 20 and res["runs"]["a"]["reward_first10"] == pytest.approx(5.5)
     assert res["runs"]["a"]["reward_last10"] == pytest.approx(15.5)
+
+
+def test_curve_bins_against_hand_computed_means(tmp_path):
+    """--bins: run a's quarter table; s/step is each bin's share of elapsed_s (continuous over resumes)."""
+    mod = _load_script()
+    run = tmp_path / "run"
+    run.mkdir()
+    # 6 steps: reward = step, kl = 0.01 * step, 10 s per step except step 4 (a resume with a model load: 40 s)
+    elapsed = [10, 20, 30, 70, 80, 90]
+    rows = ["step,elapsed_s,reward,kl,peak_rss_mb"] + [
+        f"{s},{e},{s},{0.01 * s},{1000 * s}" for s, e in zip(range(1, 7), elapsed, strict=True)]
+    (run / "curves.csv").write_text("\n".join(rows) + "\n")
+    got = mod.curve_bins(str(run), 3)
+    assert [r["steps"] for r in got] == ["1-2", "3-4", "5-6"]
+    assert [r["reward"] for r in got] == pytest.approx([1.5, 3.5, 5.5])
+    assert [r["kl"] for r in got] == pytest.approx([0.015, 0.035, 0.055])
+    assert [r["s_per_step"] for r in got] == pytest.approx([10, 25, 10])
+    assert [r["peak_rss_gb"] for r in got] == pytest.approx([2, 4, 6])
+    with pytest.raises(ValueError, match="fewer than --bins 7"):
+        mod.curve_bins(str(run), 7)
