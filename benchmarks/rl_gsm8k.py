@@ -18,6 +18,8 @@ This script then reads their outputs:
 the problems whose correctness flipped, and completion statistics that expose reward hacking (mean
 length, share of empty/repeated completions, distinct completions). ``compare``, ``curves`` and ``probe``
 take ``--json PATH``: the numbers, with the command that wrote them, for ``records/rl/`` (records/README.md).
+``curves --bins 4`` adds a table of each quarter's means (RESULTS.md's run tables) and ``curves --stretches`` one
+row per resumed ``endorm train`` call (when, which sampler, s/step, peak memory, rewards).
 """
 
 from __future__ import annotations
@@ -156,6 +158,56 @@ def curve_bins(run_dir: str, bins: int) -> list[dict]:
     return rows
 
 
+def curve_stretches(run_dir: str) -> list[dict]:
+    """One row per ``endorm train`` call of a resumed run: its start, steps, rollout sampler, s/step, peak RSS and
+    mean reward, from ``invocations.jsonl`` (where each call resumed) and ``curves.csv``.
+
+    A call's steps run from the checkpoint it resumed from to the one the next call resumed from (the steps a
+    stopped call logged after its last checkpoint were dropped by that resume); a call that took no step is left
+    out.
+    """
+    from endorm.rl.logging import read_curves
+
+    run = Path(run_dir)
+    cols = read_curves(run / "curves.csv")
+    if not (run / "invocations.jsonl").is_file():
+        raise FileNotFoundError(f"{run / 'invocations.jsonl'}: no record of the train calls (written by endorm "
+                                "train since 2026-12-05); use --bins")
+    calls = [json.loads(line) for line in (run / "invocations.jsonl").read_text().splitlines() if line.strip()]
+
+    def first_step(call: dict) -> int:
+        ck = call.get("resumed_from")
+        return int(re.search(r"checkpoint-(\d+)", ck).group(1)) + 1 if ck else 1
+
+    steps = [int(x) for x in cols["step"]]
+    rows = []
+    for k, call in enumerate(calls):
+        lo = first_step(call)
+        hi = first_step(calls[k + 1]) - 1 if k + 1 < len(calls) else steps[-1]
+        idx = [i for i, st in enumerate(steps) if lo <= st <= hi]
+        if not idx:
+            continue
+        before = cols["elapsed_s"][idx[0] - 1] if idx[0] else 0.0
+        rewards = [cols["reward"][i] for i in idx]
+        rows.append({"started": call.get("started", "?"), "steps": f"{steps[idx[0]]}-{steps[idx[-1]]}",
+                     "sampler": call.get("rollout_sampler_used", "?"), "cpu": call.get("cpu", "?"),
+                     "s_per_step": (cols["elapsed_s"][idx[-1]] - before) / len(idx),
+                     "peak_rss_gb": max(cols["peak_rss_mb"][i] for i in idx) / 1000 if "peak_rss_mb" in cols
+                     else float("nan"),
+                     "reward_mean": sum(rewards) / len(rewards), "rewards": rewards})
+    return rows
+
+
+def print_stretches(label: str, rows: list[dict]) -> None:
+    print(f"\n{label}: one row per train call\n")
+    print("| started (UTC) | steps | rollouts | s/step | peak RSS (GB) | mean reward | reward per step |")
+    print("|---|---|---|---:|---:|---:|---|")
+    for r in rows:
+        per = ", ".join(f"{x:.2f}" for x in r["rewards"]) if len(r["rewards"]) <= 20 else "(see curves.csv)"
+        print(f"| {r['started'][:16].replace('T', ' ')} | {r['steps']} | {r['sampler']} | {r['s_per_step']:.0f} "
+              f"| {r['peak_rss_gb']:.1f} | {r['reward_mean']:.2f} | {per} |")
+
+
 def print_bins(label: str, rows: list[dict]) -> None:
     keys = [k for k in BIN_COLUMNS if k in rows[0]]
     print(f"\n{label}\n")
@@ -217,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--runs", nargs="+", required=True, help="label=run_dir (holding curves.csv)")
     s.add_argument("--bins", type=int, default=0,
                    help="also a markdown table of means over this many equal runs of steps (4: quarters)")
+    s.add_argument("--stretches", action="store_true",
+                   help="also a markdown table with one row per train call (needs invocations.jsonl)")
     s.add_argument("--json", default=None, help="also write the numbers here")
     q = sub.add_parser("probe", help="which reward forms prefer the trained policy's answers to the base model's")
     q.add_argument("--before", required=True, help="math-eval gsm8k.jsonl of the base model")
@@ -252,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                 print_bins(label, rows)
                 runs[label]["bins"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
                                        for r in rows]
+            if args.stretches:
+                rows = curve_stretches(d)
+                print_stretches(label, rows)
+                runs[label]["stretches"] = rows
         if args.json:
             write_json(args.json, {"runs": runs})
     return 0

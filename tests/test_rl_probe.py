@@ -92,3 +92,28 @@ def test_curve_bins_against_hand_computed_means(tmp_path):
     assert [r["peak_rss_gb"] for r in got] == pytest.approx([2, 4, 6])
     with pytest.raises(ValueError, match="fewer than --bins 7"):
         mod.curve_bins(str(run), 7)
+
+
+def test_curve_stretches_split_at_the_resumed_checkpoints(tmp_path):
+    """--stretches: a call's steps end where the next call resumed (steps logged after its last checkpoint were
+    dropped); a call that took no step is left out."""
+    mod = _load_script()
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["step,elapsed_s,reward,peak_rss_mb"] + [
+        f"{s},{e},{r},{m}" for s, e, r, m in [(1, 10, 0, 900), (2, 20, 1, 1100), (3, 50, 0.5, 800), (4, 60, 1, 700)]]
+    (run / "curves.csv").write_text("\n".join(rows) + "\n")
+    calls = [{"started": "2026-12-06T01:00:00+00:00", "resumed_from": None, "rollout_sampler_used": "float32"},
+             {"started": "2026-12-06T02:00:00+00:00", "resumed_from": "runs/x/checkpoint-2",
+              "rollout_sampler_used": "bf16"},
+             {"started": "2026-12-06T03:00:00+00:00", "resumed_from": "runs/x/checkpoint-4",
+              "rollout_sampler_used": "bf16"}]
+    (run / "invocations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in calls))
+    got = mod.curve_stretches(str(run))
+    assert [(r["steps"], r["sampler"]) for r in got] == [("1-2", "float32"), ("3-4", "bf16")]
+    assert [r["s_per_step"] for r in got] == pytest.approx([10, 20])
+    assert [r["peak_rss_gb"] for r in got] == pytest.approx([1.1, 0.8])
+    assert [r["reward_mean"] for r in got] == pytest.approx([0.5, 0.75])
+    (run / "invocations.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="invocations.jsonl"):
+        mod.curve_stretches(str(run))
