@@ -177,7 +177,12 @@ def curve_stretches(run_dir: str) -> list[dict]:
 
     def first_step(call: dict) -> int:
         ck = call.get("resumed_from")
-        return int(re.search(r"checkpoint-(\d+)", ck).group(1)) + 1 if ck else 1
+        if not ck:
+            return 1
+        if not (m := re.search(r"checkpoint-(\d+)", ck)):
+            raise ValueError(f"{run / 'invocations.jsonl'}: the call started {call.get('started')} resumed from "
+                             f"{ck!r}, not a checkpoint-N folder")
+        return int(m.group(1)) + 1
 
     steps = [int(x) for x in cols["step"]]
     rows = []
