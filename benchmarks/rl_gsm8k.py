@@ -108,20 +108,28 @@ def print_compare(res: dict, bench: str = "GSM8K") -> None:
               f"| {e['distinct_completions']} | {100 * e['with_answer_phrase']:.0f}% |")
 
 
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _cost(cols: dict[str, list[float]], lo: int, hi: int) -> dict:
+    """s/step and peak RSS (GB, as the docs write it) of rows lo..hi-1 of curves.csv. ``elapsed_s`` counts
+    training time and carries over a resume, so a span that starts a resumed call includes its model load."""
+    start = cols["elapsed_s"][lo - 1] if lo else 0.0
+    rss = max(cols["peak_rss_mb"][lo:hi]) / 1000 if "peak_rss_mb" in cols else float("nan")
+    return {"s_per_step": (cols["elapsed_s"][hi - 1] - start) / (hi - lo), "peak_rss_gb": rss}
+
+
 def curve_summary(run_dir: str, window: int = 10) -> dict:
     from endorm.rl.logging import read_curves
 
     cols = read_curves(Path(run_dir) / "curves.csv")
-
-    def mean(xs: list[float]) -> float:
-        xs = [x for x in xs if not math.isnan(x)]
-        return sum(xs) / len(xs) if xs else float("nan")
-
     out = {"steps": int(cols["step"][-1]), "elapsed_s": cols["elapsed_s"][-1]}
     for k in ("reward", "kl", "completion_length", "entropy", "clipped_ratio"):
         if k in cols:
-            out[f"{k}_first{window}"] = mean(cols[k][:window])
-            out[f"{k}_last{window}"] = mean(cols[k][-window:])
+            out[f"{k}_first{window}"] = _nanmean(cols[k][:window])
+            out[f"{k}_last{window}"] = _nanmean(cols[k][-window:])
     return out
 
 
@@ -131,11 +139,8 @@ BIN_COLUMNS = {"reward": "reward", "kl": "KL (nats/token)", "completion_length":
 
 
 def curve_bins(run_dir: str, bins: int) -> list[dict]:
-    """Means of each curve over ``bins`` equal runs of steps (run a's quarter table), with s/step and peak RSS.
-
-    s/step is the bin's share of ``elapsed_s``, which counts training time only and carries over a resume, so
-    a bin that spans a restart includes the model load of the resumed stretch.
-    """
+    """Means of each curve over ``bins`` equal runs of steps (run a's quarter table), with s/step and peak RSS
+    (``_cost``)."""
     from endorm.rl.logging import read_curves
 
     cols = read_curves(Path(run_dir) / "curves.csv")
@@ -146,15 +151,8 @@ def curve_bins(run_dir: str, bins: int) -> list[dict]:
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         row: dict = {"steps": f"{int(cols['step'][lo])}-{int(cols['step'][hi - 1])}"}
-        for k in BIN_COLUMNS:
-            if k in cols:
-                xs = [x for x in cols[k][lo:hi] if not math.isnan(x)]
-                row[k] = sum(xs) / len(xs) if xs else float("nan")
-        start = cols["elapsed_s"][lo - 1] if lo else 0.0
-        row["s_per_step"] = (cols["elapsed_s"][hi - 1] - start) / (hi - lo)
-        if "peak_rss_mb" in cols:
-            row["peak_rss_gb"] = max(cols["peak_rss_mb"][lo:hi]) / 1000  # GB, as the docs write it
-        rows.append(row)
+        row.update({k: _nanmean(cols[k][lo:hi]) for k in BIN_COLUMNS if k in cols})
+        rows.append(row | _cost(cols, lo, hi))
     return rows
 
 
@@ -189,17 +187,13 @@ def curve_stretches(run_dir: str) -> list[dict]:
     for k, call in enumerate(calls):
         lo = first_step(call)
         hi = first_step(calls[k + 1]) - 1 if k + 1 < len(calls) else steps[-1]
-        idx = [i for i, st in enumerate(steps) if lo <= st <= hi]
+        idx = [i for i, st in enumerate(steps) if lo <= st <= hi]  # contiguous rows of curves.csv
         if not idx:
             continue
-        before = cols["elapsed_s"][idx[0] - 1] if idx[0] else 0.0
-        rewards = [cols["reward"][i] for i in idx]
+        rewards = cols["reward"][idx[0] : idx[-1] + 1]
         rows.append({"started": call.get("started", "?"), "steps": f"{steps[idx[0]]}-{steps[idx[-1]]}",
                      "sampler": call.get("rollout_sampler_used", "?"), "cpu": call.get("cpu", "?"),
-                     "s_per_step": (cols["elapsed_s"][idx[-1]] - before) / len(idx),
-                     "peak_rss_gb": max(cols["peak_rss_mb"][i] for i in idx) / 1000 if "peak_rss_mb" in cols
-                     else float("nan"),
-                     "reward_mean": sum(rewards) / len(rewards), "rewards": rewards})
+                     **_cost(cols, idx[0], idx[-1] + 1), "reward_mean": _nanmean(rewards), "rewards": rewards})
     return rows
 
 
@@ -220,8 +214,7 @@ def print_bins(label: str, rows: list[dict]) -> None:
     print("|---|" + "---:|" * (len(keys) + 2))
     for r in rows:
         cells = [f"{r[k]:.3f}" if k in ("kl", "entropy") else f"{r[k]:.2f}" for k in keys]
-        rss = r.get("peak_rss_gb", float("nan"))
-        print(f"| {r['steps']} | " + " | ".join(cells) + f" | {r['s_per_step']:.0f} | {rss:.1f} |")
+        print(f"| {r['steps']} | " + " | ".join(cells) + f" | {r['s_per_step']:.0f} | {r['peak_rss_gb']:.1f} |")
 
 
 def probe(before: str, after: str, forms: list[str], model: str | None = None, rm=None) -> dict:
