@@ -193,17 +193,21 @@ def curve_stretches(run_dir: str) -> list[dict]:
         rewards = cols["reward"][idx[0] : idx[-1] + 1]
         rows.append({"started": call.get("started", "?"), "steps": f"{steps[idx[0]]}-{steps[idx[-1]]}",
                      "sampler": call.get("rollout_sampler_used", "?"), "cpu": call.get("cpu", "?"),
+                     "cpu_bf16": call.get("cpu_bf16"),
                      **_cost(cols, idx[0], idx[-1] + 1), "reward_mean": _nanmean(rewards), "rewards": rewards})
     return rows
 
 
 def print_stretches(label: str, rows: list[dict]) -> None:
     print(f"\n{label}: one row per train call\n")
-    print("| started (UTC) | steps | rollouts | s/step | peak RSS (GB) | mean reward | reward per step |")
-    print("|---|---|---|---:|---:|---:|---|")
+    print("| started (UTC) | steps | CPU | rollouts | s/step | peak RSS (GB) | mean reward | reward per step |")
+    print("|---|---|---|---|---:|---:|---:|---|")
     for r in rows:
         per = ", ".join(f"{x:.2f}" for x in r["rewards"]) if len(r["rewards"]) <= 20 else "(see curves.csv)"
-        print(f"| {r['started'][:16].replace('T', ' ')} | {r['steps']} | {r['sampler']} | {r['s_per_step']:.0f} "
+        # the same CPU name came with and without bf16 instructions (AVX512-BF16), which sets the step time
+        bf16 = {True: ", bf16", False: ", no bf16"}.get(r.get("cpu_bf16"), "")
+        print(f"| {r['started'][:16].replace('T', ' ')} | {r['steps']} | {r['cpu']}{bf16} | {r['sampler']} "
+              f"| {r['s_per_step']:.0f} "
               f"| {r['peak_rss_gb']:.1f} | {r['reward_mean']:.2f} | {per} |")
 
 

@@ -105,12 +105,13 @@ def test_curve_stretches_split_at_the_resumed_checkpoints(tmp_path):
     (run / "curves.csv").write_text("\n".join(rows) + "\n")
     calls = [{"started": "2026-12-06T01:00:00+00:00", "resumed_from": None, "rollout_sampler_used": "float32"},
              {"started": "2026-12-06T02:00:00+00:00", "resumed_from": "runs/x/checkpoint-2",
-              "rollout_sampler_used": "bf16"},
+              "rollout_sampler_used": "bf16", "cpu_bf16": True},
              {"started": "2026-12-06T03:00:00+00:00", "resumed_from": "runs/x/checkpoint-4",
               "rollout_sampler_used": "bf16"}]
     (run / "invocations.jsonl").write_text("".join(json.dumps(c) + "\n" for c in calls))
     got = mod.curve_stretches(str(run))
     assert [(r["steps"], r["sampler"]) for r in got] == [("1-2", "float32"), ("3-4", "bf16")]
+    assert [r["cpu_bf16"] for r in got] == [None, True]  # a machine change is visible per call
     assert [r["s_per_step"] for r in got] == pytest.approx([10, 20])
     assert [r["peak_rss_gb"] for r in got] == pytest.approx([1.1, 0.8])
     assert [r["reward_mean"] for r in got] == pytest.approx([0.5, 0.75])
