@@ -19,7 +19,8 @@ the problems whose correctness flipped, and completion statistics that expose re
 length, share of empty/repeated completions, distinct completions). ``compare``, ``curves`` and ``probe``
 take ``--json PATH``: the numbers, with the command that wrote them, for ``records/rl/`` (records/README.md).
 ``curves --bins 4`` adds a table of each quarter's means (RESULTS.md's run tables) and ``curves --stretches`` one
-row per resumed ``endorm train`` call (when, which sampler, s/step, peak memory, rewards).
+row per resumed ``endorm train`` call (when, which sampler, s/step, peak memory, rewards). ``recommend`` applies
+the recommended-recipe rule of docs/RESULTS.md to a ``compare --json`` file and the runs' curves.
 """
 
 from __future__ import annotations
@@ -221,6 +222,48 @@ def print_bins(label: str, rows: list[dict]) -> None:
         print(f"| {r['steps']} | " + " | ".join(cells) + f" | {r['s_per_step']:.0f} | {r['peak_rss_gb']:.1f} |")
 
 
+# the recommended-recipe rule's tie order: the run that needs no label first (docs/RESULTS.md, "The rule that
+# names the recommended recipe")
+TIE_ORDER = ("endogenous", "hybrid", "correctness")
+
+
+def recommend(compare_json: str, runs: dict[str, str], steps: int = 100) -> dict:
+    """The recommended-recipe rule of docs/RESULTS.md, applied to committed records.
+
+    ``compare_json``: ``compare --json`` output (label -> gained, lost, McNemar p); ``runs``: label -> run folder
+    with ``curves.csv``. A run enters once it has ``steps`` steps and an evaluation. It is "do not use" if it lost
+    significantly (after below before, p < 0.05) or its last quarter collapsed (answered share < 0.9 or mean length
+    under half its first quarter's); the pick is the largest gained - lost among the rest, ties by ``TIE_ORDER``.
+    """
+    from endorm.rl.logging import read_curves
+
+    policies = json.loads(Path(compare_json).read_text())["policies"]
+    verdicts = {}
+    for label, run_dir in runs.items():
+        if label not in policies:
+            raise ValueError(f"{compare_json}: no evaluated policy {label!r} (run `compare` after its eval)")
+        cols = read_curves(Path(run_dir) / "curves.csv")
+        n = len(cols["step"])
+        if n < steps:
+            raise ValueError(f"{run_dir}: {n} steps in curves.csv, the rule needs {steps}")
+        q = n // 4
+        length_first = _nanmean(cols["completion_length"][:q])
+        length_last = _nanmean(cols["completion_length"][-q:])
+        answered_last = _nanmean(cols["reward_answered"][-q:]) if "reward_answered" in cols else float("nan")
+        e = policies[label]
+        lost_significantly = e["gained"] < e["lost"] and e["mcnemar_p"] < 0.05
+        collapsed = answered_last < 0.9 or length_last < 0.5 * length_first
+        verdicts[label] = {"gained": e["gained"], "lost": e["lost"], "net": e["gained"] - e["lost"],
+                           "mcnemar_p": e["mcnemar_p"], "answered_last_quarter": answered_last,
+                           "length_first_quarter": length_first, "length_last_quarter": length_last,
+                           "use": not (lost_significantly or collapsed)}
+    usable = [k for k, v in verdicts.items() if v["use"]]
+    rank = {k: i for i, k in enumerate(TIE_ORDER)}
+    pick = min(usable, key=lambda k: (-verdicts[k]["net"], rank.get(k, len(rank)))) if usable else None
+    return {"runs": verdicts, "pick": pick,
+            "significant": pick is not None and verdicts[pick]["mcnemar_p"] < 0.05 and verdicts[pick]["net"] > 0}
+
+
 def probe(before: str, after: str, forms: list[str], model: str | None = None, rm=None) -> dict:
     """Score each problem's before- and after-training greedy answers with the frozen base model's reward.
 
@@ -274,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--stretches", action="store_true",
                    help="also a markdown table with one row per train call (needs invocations.jsonl)")
     s.add_argument("--json", default=None, help="also write the numbers here")
+    r = sub.add_parser("recommend", help="the recommended-recipe rule of RESULTS.md on the runs' records")
+    r.add_argument("--compare", required=True, help="compare --json output (GSM8K)")
+    r.add_argument("--runs", nargs="+", required=True, help="label=run_dir (holding curves.csv); label as in --compare")
+    r.add_argument("--json", default=None, help="also write the verdicts here")
     q = sub.add_parser("probe", help="which reward forms prefer the trained policy's answers to the base model's")
     q.add_argument("--before", required=True, help="math-eval gsm8k.jsonl of the base model")
     q.add_argument("--after", required=True, help="math-eval gsm8k.jsonl of the trained policy")
@@ -292,6 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         print_compare(res, Path(args.before).stem.upper().replace("MATH500", "MATH-500"))
         if args.json:
             write_json(args.json, {"policies": res})
+    elif args.cmd == "recommend":
+        res = recommend(args.compare, dict(r.rsplit("=", 1) for r in args.runs))
+        print("| run | gained / lost | McNemar p | answered (last quarter) | length first / last quarter | verdict |")
+        print("|---|---|---|---|---|---|")
+        for label, v in res["runs"].items():
+            print(f"| {label} | +{v['gained']} / -{v['lost']} | {v['mcnemar_p']:.2f} | {v['answered_last_quarter']:.2f} "
+                  f"| {v['length_first_quarter']:.0f} / {v['length_last_quarter']:.0f} | "
+                  f"{'use' if v['use'] else 'do not use'} |")
+        print(f"pick: {res['pick']} ({'significant' if res['significant'] else 'not significant: by the point estimate'})")
+        if args.json:
+            write_json(args.json, res)
     elif args.cmd == "probe":
         res = probe(args.before, args.after, args.forms, args.model)
         print(json.dumps(res, indent=2))

@@ -118,3 +118,65 @@ def test_curve_stretches_split_at_the_resumed_checkpoints(tmp_path):
     (run / "invocations.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="invocations.jsonl"):
         mod.curve_stretches(str(run))
+
+
+def _run(tmp_path, name: str, lengths: list[float], answered: list[float]):
+    run = tmp_path / name
+    run.mkdir()
+    rows = ["step,completion_length,reward_answered"] + [
+        f"{i + 1},{n},{a}" for i, (n, a) in enumerate(zip(lengths, answered, strict=True))]
+    (run / "curves.csv").write_text("\n".join(rows) + "\n")
+    return str(run)
+
+
+def test_recommend_rule_on_hand_made_runs(tmp_path):
+    """The recommended-recipe rule: a significant loss or a collapsed last quarter (answered < 0.9, or length under
+    half the first quarter's) excludes a run; the largest gained - lost wins; a tie goes to the label-free run."""
+    mod = _load_script()
+    policies = {"before": {"correct": 50},
+                "correctness": {"gained": 10, "lost": 4, "mcnemar_p": 0.18},
+                "endogenous": {"gained": 12, "lost": 6, "mcnemar_p": 0.24},   # net +6, ties correctness
+                "hybrid": {"gained": 30, "lost": 2, "mcnemar_p": 1e-6},       # best, but collapsed (length)
+                "short": {"gained": 40, "lost": 1, "mcnemar_p": 1e-9},        # best, but stopped answering
+                "worse": {"gained": 1, "lost": 15, "mcnemar_p": 0.001}}       # a significant loss
+    cmp_path = tmp_path / "compare.json"
+    cmp_path.write_text(json.dumps({"command": "x", "policies": policies}))
+    steady, ok = [300.0] * 8, [1.0] * 8
+    runs = {"correctness": _run(tmp_path, "b", steady, ok),
+            "endogenous": _run(tmp_path, "a", steady, ok),
+            "hybrid": _run(tmp_path, "c", [300, 300, 250, 200, 150, 120, 140, 149], ok),  # last 2: 144.5 < 150
+            "short": _run(tmp_path, "s", steady, [1, 1, 1, 1, 1, 1, 0.9, 0.85]),         # last 2: 0.875
+            "worse": _run(tmp_path, "w", steady, ok)}
+    res = mod.recommend(str(cmp_path), runs, steps=8)
+    assert {k: v["use"] for k, v in res["runs"].items()} == {
+        "correctness": True, "endogenous": True, "hybrid": False, "short": False, "worse": False}
+    assert res["runs"]["hybrid"]["length_last_quarter"] == pytest.approx(144.5)
+    assert res["pick"] == "endogenous" and res["significant"] is False
+    policies["correctness"].update(gained=11, mcnemar_p=0.01)  # now net +7 and significant
+    cmp_path.write_text(json.dumps({"command": "x", "policies": policies}))
+    res = mod.recommend(str(cmp_path), runs, steps=8)
+    assert res["pick"] == "correctness" and res["significant"] is True
+    with pytest.raises(ValueError, match="the rule needs 9"):
+        mod.recommend(str(cmp_path), runs, steps=9)
+    with pytest.raises(ValueError, match="no evaluated policy 'other'"):
+        mod.recommend(str(cmp_path), {"other": runs["correctness"]}, steps=8)
+
+
+def test_recommended_config_is_the_rules_pick_with_four_prompts_per_step():
+    """configs/grpo_recommended.yaml follows the committed records: its base is the config of the run the rule picks
+    from records/rl/qwen05 (every evaluated 100-step run), and it differs from that config only in the batch layout
+    (4 prompts x 4 completions per step) and its output folder."""
+    from endorm.cli import parse_config
+    from endorm.rl import TrainConfig
+
+    mod = _load_script()
+    rec = ROOT / "records/rl/qwen05"
+    compared = json.loads((rec / "compare_gsm8k.json").read_text())["policies"]
+    runs = {k: str(rec / k) for k in mod.TIE_ORDER if k in compared}
+    assert set(runs) >= {"endogenous", "correctness"}
+    pick = mod.recommend(str(rec / "compare_gsm8k.json"), runs)["pick"]
+    chosen = vars(parse_config(TrainConfig, ["--config", str(ROOT / f"configs/qwen05_grpo_{pick}.yaml")]))
+    recommended = vars(parse_config(TrainConfig, ["--config", str(ROOT / "configs/grpo_recommended.yaml")]))
+    assert {k for k in chosen if chosen[k] != recommended[k]} == {"gradient_accumulation_steps", "output_dir"}
+    per_step = recommended["per_device_train_batch_size"] * recommended["gradient_accumulation_steps"]
+    assert per_step // recommended["num_generations"] == 4
