@@ -139,6 +139,11 @@ BIN_COLUMNS = {"reward": "reward", "kl": "KL (nats/token)", "completion_length":
                "entropy": "entropy", "reward_distinct_answers": "distinct answers in a group"}
 
 
+def _bin_edges(n: int, bins: int) -> list[int]:
+    """Row boundaries of ``bins`` equal runs of ``n`` steps (the quarters of the run tables and of the rule)."""
+    return [round(i * n / bins) for i in range(bins + 1)]
+
+
 def curve_bins(run_dir: str, bins: int) -> list[dict]:
     """Means of each curve over ``bins`` equal runs of steps (run a's quarter table), with s/step and peak RSS
     (``_cost``)."""
@@ -148,7 +153,7 @@ def curve_bins(run_dir: str, bins: int) -> list[dict]:
     n = len(cols["step"])
     if n < bins:
         raise ValueError(f"{run_dir}: {n} steps in curves.csv, fewer than --bins {bins}")
-    edges = [round(i * n / bins) for i in range(bins + 1)]
+    edges = _bin_edges(n, bins)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         row: dict = {"steps": f"{int(cols['step'][lo])}-{int(cols['step'][hi - 1])}"}
@@ -246,10 +251,11 @@ def recommend(compare_json: str, runs: dict[str, str], steps: int = 100) -> dict
         n = len(cols["step"])
         if n < steps:
             raise ValueError(f"{run_dir}: {n} steps in curves.csv, the rule needs {steps}")
-        q = n // 4
-        length_first = _nanmean(cols["completion_length"][:q])
-        length_last = _nanmean(cols["completion_length"][-q:])
-        answered_last = _nanmean(cols["reward_answered"][-q:]) if "reward_answered" in cols else float("nan")
+        edges = _bin_edges(n, 4)  # the quarters of curve_bins
+        first, last = slice(0, edges[1]), slice(edges[3], n)
+        length_first = _nanmean(cols["completion_length"][first])
+        length_last = _nanmean(cols["completion_length"][last])
+        answered_last = _nanmean(cols["reward_answered"][last]) if "reward_answered" in cols else float("nan")
         e = policies[label]
         lost_significantly = e["gained"] < e["lost"] and e["mcnemar_p"] < 0.05
         collapsed = answered_last < 0.9 or length_last < 0.5 * length_first
