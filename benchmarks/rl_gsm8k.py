@@ -255,7 +255,11 @@ def recommend(compare_json: str, runs: dict[str, str], steps: int = 100) -> dict
         first, last = slice(0, edges[1]), slice(edges[3], n)
         length_first = _nanmean(cols["completion_length"][first])
         length_last = _nanmean(cols["completion_length"][last])
+        # without the answered monitor the collapse test would pass silently (nan < 0.9 is False): refuse instead
         answered_last = _nanmean(cols["reward_answered"][last]) if "reward_answered" in cols else float("nan")
+        if math.isnan(answered_last):
+            raise ValueError(f"{run_dir}/curves.csv: no `reward_answered` values in steps {edges[3] + 1}-{n}; "
+                             "the rule's collapse test needs the `answered` monitor")
         e = policies[label]
         lost_significantly = e["gained"] < e["lost"] and e["mcnemar_p"] < 0.05
         collapsed = answered_last < 0.9 or length_last < 0.5 * length_first

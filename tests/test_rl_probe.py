@@ -160,6 +160,11 @@ def test_recommend_rule_on_hand_made_runs(tmp_path):
         mod.recommend(str(cmp_path), runs, steps=9)
     with pytest.raises(ValueError, match="no evaluated policy 'other'"):
         mod.recommend(str(cmp_path), {"other": runs["correctness"]}, steps=8)
+    blind = tmp_path / "blind"  # a run without the answered monitor is refused, not waved through
+    blind.mkdir()
+    (blind / "curves.csv").write_text("step,completion_length\n" + "".join(f"{i},300\n" for i in range(1, 9)))
+    with pytest.raises(ValueError, match="no `reward_answered` values in steps 7-8"):
+        mod.recommend(str(cmp_path), {"correctness": str(blind)}, steps=8)
 
 
 def test_recommended_config_is_the_rules_pick_with_four_prompts_per_step():
