@@ -256,7 +256,7 @@ def recommend(compare_json: str, runs: dict[str, str], steps: int = 100) -> dict
         length_first = _nanmean(cols["completion_length"][first])
         length_last = _nanmean(cols["completion_length"][last])
         # without the answered monitor the collapse test would pass silently (nan < 0.9 is False): refuse instead
-        answered_last = _nanmean(cols["reward_answered"][last]) if "reward_answered" in cols else float("nan")
+        answered_last = _nanmean(cols.get("reward_answered", [])[last])  # no column: an empty slice, nan
         if math.isnan(answered_last):
             raise ValueError(f"{run_dir}/curves.csv: no `reward_answered` values in steps {edges[3] + 1}-{n}; "
                              "the rule's collapse test needs the `answered` monitor")
