@@ -88,6 +88,8 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "GSM8K" in printed and "AMC" in printed and "Avg." in printed
+    # with N > 1 the headline accuracy is labelled as the first sample's, not mistaken for a best-of-N figure
+    assert printed.count("(first sample of each problem)") == 2 and "accuracy of the first sample" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiny"]["gsm8k"]["n"] == 3 and "pass@2" in summary["tiny"]["gsm8k"]
     # a second model into the same folder joins the summary instead of replacing it

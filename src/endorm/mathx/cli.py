@@ -324,13 +324,17 @@ def run(config: Config) -> int:
             s["seconds"] = round(before + s["seconds_this_run"], 1)
             summary[tag][b] = s
             lo, hi = s["ci95"]
-            print(f"{tag} {b}: {s['correct']}/{s['n']} = {100 * s['accuracy']:.1f}% "
+            # with N samples the headline is the first sample's accuracy, not a best-of-N figure: say so
+            which = " (first sample of each problem)" if config.num_samples > 1 else ""
+            print(f"{tag} {b}: {s['correct']}/{s['n']} = {100 * s['accuracy']:.1f}%{which} "
                   f"(95% CI {100 * lo:.1f}-{100 * hi:.1f}) in {s['seconds']} s", flush=True)
             if forms:
                 _best_of_n(config, out_root / tag, _bench_tag(b), problems[b], records, model, sampler, tok, forms)
         del model, sampler
     write_summary(out_root / "summary.json", summary)
     print()
+    if config.num_samples > 1:
+        print("accuracy of the first sample of each problem:")
     print(format_table(summary, benchmarks))
     if config.num_samples > 1:
         print()
