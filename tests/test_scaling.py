@@ -159,6 +159,40 @@ def test_scaling_table_equals_the_records_by_hand(runs):
     assert (out / "scaling.png").stat().st_size > 5000
 
 
+def test_paired_table_equals_the_per_prompt_differences_by_hand(runs):
+    tmp, _ = runs
+    out = tmp / "scaling"  # written by the test above; write again so this test stands alone
+    assert main(["eval", "--scaling", ",".join(str(tmp / n) for n in ("small", "large-endorm", "large-judge")),
+                 "--output-dir", str(out), "--plot", "false"]) == 0
+    doc = json.loads((out / "scaling.json").read_text())
+    paired = {(p["model"], p["form"]): p for p in doc["paired_vs_default"]}
+    assert list(paired) == [("small", "sum"), ("small", "genrm-pointwise"), ("small", "verifier"),
+                            ("large", "sum"), ("large", "genrm-pointwise")]
+    for model, run_dir, judge_dir in (("small", tmp / "small", tmp / "small"),
+                                      ("large", tmp / "large-endorm", tmp / "large-judge")):
+        recs, margins, _ = _endorm_by_hand(run_dir, 0.93)
+        base = {r["id"]: (r["domain"], sum(m > 0 for _, _, m in margins(r)) / 9) for r in recs}
+        _, sum_margins, _ = _endorm_by_hand(run_dir, 1.0)
+        forms = {"sum": {r["id"]: sum(m > 0 for _, _, m in sum_margins(r)) / 9 for r in recs}}
+        for j in ("genrm-pointwise", "verifier"):
+            jr = _records(judge_dir, j)
+            if jr:
+                forms[j] = {r["id"]: sum(m > 0 for _, _, m in _judge_margins(r)) / 9 for r in jr}
+        for form, acc in forms.items():
+            diffs = {d: [100 * (acc[i] - a) for i, (dom, a) in base.items() if dom == d] for d in ("chat", "safety")}
+            means = [sum(v) / len(v) for v in diffs.values()]
+            ses = [math.sqrt(sum((x - mu) ** 2 for x in v) / (len(v) - 1) / len(v)) for v, mu in
+                   zip(diffs.values(), means, strict=True)]
+            p = paired[(model, form)]
+            assert p["minus_default"] == pytest.approx(sum(means) / 2, abs=1e-9)
+            assert p["minus_default_se"] == pytest.approx(math.hypot(*ses) / 2, abs=1e-9)
+            assert p["minus_default"] == pytest.approx(p["avg"] - p["default_avg"], abs=1e-9)
+            assert p["n_paired"] == 10 and p["n"] == {"chat": 5, "safety": 5}
+    p = paired[("small", "verifier")]
+    assert (f"| small | verifier | {p['avg']:.1f} ± {p['avg_se']:.1f} | {p['default_avg']:.1f} | "
+            f"{p['minus_default']:.1f} ± {p['minus_default_se']:.1f} | 5 / 5 |") in (out / "scaling.md").read_text()
+
+
 def test_scaling_errors_name_the_run(runs, tmp_path):
     tmp, _ = runs
     with pytest.raises(ValueError, match="large's sum is in two runs"):

@@ -15,6 +15,10 @@ the domains' as sqrt(sum se^2) / k, and the shorter-wins share is a ratio whose 
 (its comparisons are not independent). The paper's Qwen2.5-7B-Instruct EndoRM (its Table 1) is the
 reference point; it publishes no shorter-wins share.
 
+A second table sets every other form of a model (``sum`` and each judge, not just the best) against its
+default on the prompts both scored: the paired difference of accuracies and its s.e. (the judges' comparison
+with the default is paired, so it is far tighter than the rows' separate error bars suggest).
+
 With ``--limit k`` (and ``--seed``, ``--data``) only the prompts of the seeded ``--limit k`` subset count, so
 every model is compared on the same prompts where its runs cover them. Simplifications: without it, a model's
 rows may come from different runs, so from different prompt subsets (each row says its n); the judges' response lengths are the token counts of the same model's ``endorm`` records of the
@@ -155,8 +159,8 @@ def read_run(run_dir: str | Path, ids: set[str] | None = None) -> dict[str, Any]
     return {"run": str(run_dir), "model": model_name(res), "params": float(params), "forms": forms, "lengths": lengths}
 
 
-def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
-    """Rows of the table, by model size: ``sum``, the default and the best judge of each model."""
+def _by_model(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The runs grouped by model: its size, its forms (form -> (run, records)) and its responses' lengths."""
     models: dict[str, dict[str, Any]] = {}
     for run in runs:
         m = models.setdefault(run["model"], {"params": run["params"], "forms": {}, "lengths": {}})
@@ -169,9 +173,14 @@ def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAIN
                                  f"{run['run']}); pass one of them")
             m["forms"][form] = (run["run"], recs)
         m["lengths"].update(run["lengths"])
+    return dict(sorted(models.items(), key=lambda kv: kv[1]["params"]))
+
+
+def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
+    """Rows of the table, by model size: ``sum``, the default and the best judge of each model."""
     rows = []
     default = default_variant().name
-    for model, m in sorted(models.items(), key=lambda kv: kv[1]["params"]):
+    for model, m in _by_model(runs).items():
         figs = {form: row_figures(recs, domains, m["lengths"]) for form, (_, recs) in m["forms"].items()}
         judges = [j for j in JUDGES if j in figs and not math.isnan(figs[j]["avg"])]
         best = max(judges, key=lambda j: figs[j]["avg"]) if judges else None  # ties: the first in JUDGES
@@ -182,6 +191,35 @@ def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAIN
             rows.append({"model": model, "params": m["params"], "row": "best judge" if form == best else form,
                          "form": label, "method": form, "run": m["forms"][form][0], **figs[form]})
     return rows
+
+
+def paired_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
+    """Every other form of each model (``sum``, each judge) against its default on the prompts both scored:
+    the form's avg, the default's avg on those prompts, and the paired difference with its s.e.
+    (``variants.paired_difference``: per domain the mean per-prompt difference, domains averaged)."""
+    from endorm.eval.variants import paired_difference
+
+    default = default_variant().name
+    out = []
+    for model, m in _by_model(runs).items():
+        if default not in m["forms"]:
+            continue
+        ref = [r for r in m["forms"][default][1] if r["domain"] in domains]
+        for form in ("sum", *JUDGES):
+            if form not in m["forms"]:
+                continue
+            recs = [r for r in m["forms"][form][1] if r["domain"] in domains]
+            ids = {r["id"] for r in recs} & {r["id"] for r in ref}
+            both = [r for r in recs if r["id"] in ids]
+            if {r["domain"] for r in both} != set(domains):
+                continue  # a domain with no common prompt: no average to pair
+            d, se, n = paired_difference(both, ref)
+            mine = row_figures(both, domains, {})
+            theirs = row_figures([r for r in ref if r["id"] in ids], domains, {})
+            out.append({"model": model, "params": m["params"], "form": form, "n": {
+                dom: mine["domains"][dom]["n"] for dom in domains}, "avg": mine["avg"], "avg_se": mine["avg_se"],
+                "default_avg": theirs["avg"], "minus_default": d, "minus_default_se": se, "n_paired": n})
+    return out
 
 
 # -- outputs --------------------------------------------------------------------------------------------
@@ -217,6 +255,19 @@ def markdown(rows: Sequence[dict[str, Any]], domains: Sequence[str]) -> str:
             f"{p['best_judge']}, averages {p['best_judge_avg_four_domains']} over four domains (no per-domain "
             "figures).\n")
     return "\n".join(lines) + "\n" + note
+
+
+def paired_markdown(paired: Sequence[dict[str, Any]], domains: Sequence[str]) -> str:
+    """Each form against the same model's default on the same prompts."""
+    default = default_variant().name
+    lines = [f"| model | form | avg ± s.e. | {default} on the same prompts | form minus {default}, paired ± s.e. "
+             "| n prompts (" + " / ".join(domains) + ") |", "|---|---|---|---|---|---|"]
+    for p in paired:
+        n = " / ".join(str(p["n"][d]) for d in domains)
+        lines.append(f"| {p['model']} | {p['form']} | {_f(p['avg'])} ± {_f(p['avg_se'])} | {_f(p['default_avg'])} | "
+                     f"{_f(p['minus_default'])} ± {_f(p['minus_default_se'])} | {n} |")
+    return ("\n".join(lines) + "\n\nPaired: per domain, the mean over the prompts both forms scored of the "
+            "difference of the prompts' accuracies; the domains averaged (s.e. combined as for avg).\n")
 
 
 def plot(rows: Sequence[dict[str, Any]], domains: Sequence[str], path: str | Path) -> None:
@@ -268,16 +319,21 @@ def write(run_dirs: Sequence[str | Path], out_dir: str | Path, domains: Sequence
     ``ids``: count only these items (the seeded ``--limit`` subset)."""
     if not run_dirs:
         raise ValueError("--scaling: give at least one run directory")
-    rows = scaling_rows([read_run(d, ids) for d in run_dirs], domains)
+    runs = [read_run(d, ids) for d in run_dirs]
+    rows = scaling_rows(runs, domains)
     if not rows:
         raise ValueError("--scaling: no sum, default or judge records in " + ", ".join(map(str, run_dirs)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "scaling.json", "table": out / "scaling.md"}
+    paired = paired_rows(runs, domains)
     doc = {"command": command, "runs": [str(d) for d in run_dirs], "domains": list(domains), "rows": rows,
-           "paper": PAPER_7B}
+           "paired_vs_default": paired, "paper": PAPER_7B}
     paths["json"].write_text(json.dumps(_nan_to_none(doc), indent=1) + "\n")
-    paths["table"].write_text(markdown(rows, domains))
+    table = markdown(rows, domains)
+    if paired:
+        table += "\n" + paired_markdown(paired, domains)
+    paths["table"].write_text(table)
     if make_plot:
         paths["plot"] = out / "scaling.png"
         plot(rows, domains, paths["plot"])
