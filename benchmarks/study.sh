@@ -14,8 +14,9 @@
 #   LIMIT=40 bash benchmarks/study.sh dsp-qwen   # DSP, Qwen2.5-Coder-0.5B, contrasts none+system, seeded prefix
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
 #   SIZE=1.5b CONTRAST=none LIMIT=55 bash benchmarks/study.sh rm-qwen  # the 1.5B, into rm-qwen15-plain
-#   MODEL=qwen2.5-coder-0.5b-instruct LIMIT=55 bash benchmarks/study.sh judges  # the three LLM judges, chat+safety
-#   LIMIT=55 bash benchmarks/study.sh scaling   # one table + figure against model size (no model; endorm eval --scaling)
+#   MODEL=qwen2.5-coder-0.5b-instruct LIMIT=40 bash benchmarks/study.sh judges  # the three LLM judges, chat+safety
+#   bash benchmarks/study.sh scaling   # one table + figure against model size (no model; endorm eval --scaling)
+#   LIMIT=40 bash benchmarks/study.sh scaling   # the same with every row on the seeded 40 + 40, into records/scaling-40
 #   OUT=runs/study bash benchmarks/study.sh records STEP  # copy STEP's results.json / variants.json into records/study/STEP/
 set -euo pipefail
 OUT=${OUT:-records/study}
@@ -35,8 +36,9 @@ case "${1:-}" in
              $E --benchmark rm-bench --domains chat,safety --method genrm-pointwise,verifier,genrm-pairwise \
                --model "$model" --limit "${LIMIT:-441}" --output-dir "$OUT/judges-$model" ;;
   scaling)   runs=${RUNS:-$OUT/rm-smollm-plain,$OUT/rm-qwen05-plain,$OUT/rm-qwen15-plain,$OUT/judges-smollm2-135m-instruct,$OUT/judges-qwen2.5-coder-0.5b-instruct,$OUT/judges-qwen2.5-coder-1.5b-instruct}
-             endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir records/scaling
-             mkdir -p docs/figures && mv records/scaling/scaling.png docs/figures/scaling.png ;;
+             out=records/scaling${LIMIT:+-$LIMIT}   # LIMIT=k: every row on the same seeded k + k prompts
+             endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir "$out"
+             [[ -z ${LIMIT:-} ]] && mkdir -p docs/figures && mv "$out/scaling.png" docs/figures/scaling.png ;;
   records)   step=$2; mkdir -p "records/study/$step"
              [[ $OUT/$step -ef records/study/$step ]] && { ls -l "records/study/$step"; exit 0; }
              for f in results.json variants.json; do
