@@ -13,7 +13,7 @@
 #   CONTRAST=none,system LIMIT=20 bash benchmarks/study.sh dsp-smollm   # without the prompt contrast (dsp-smollm-system)
 #   LIMIT=40 bash benchmarks/study.sh dsp-qwen   # DSP, Qwen2.5-Coder-0.5B, contrasts none+system, seeded prefix
 #   bash benchmarks/study.sh variants STEP # re-aggregate STEP's kept stats under every variant (no model)
-#   SIZE=1.5b CONTRAST=none LIMIT=55 bash benchmarks/study.sh rm-qwen  # the 1.5B, into rm-qwen15-plain
+#   SIZE=1.5b CONTRAST=none LIMIT=129 bash benchmarks/study.sh rm-qwen  # the 1.5B, 129 chat + 129 safety, into rm-qwen15-plain
 #   MODEL=qwen2.5-coder-0.5b-instruct LIMIT=40 bash benchmarks/study.sh judges  # the three LLM judges, chat+safety
 #   bash benchmarks/study.sh scaling   # one table + figure against model size (no model; endorm eval --scaling)
 #   LIMIT=40 bash benchmarks/study.sh scaling   # the same with every row on the seeded 40 + 40, into records/scaling-40
@@ -38,7 +38,7 @@ case "${1:-}" in
   scaling)   runs=${RUNS:-$OUT/rm-smollm-plain,$OUT/rm-qwen05-plain,$OUT/rm-qwen15-plain,$OUT/judges-smollm2-135m-instruct,$OUT/judges-qwen2.5-coder-0.5b-instruct,$OUT/judges-qwen2.5-coder-1.5b-instruct}
              out=records/scaling${LIMIT:+-$LIMIT}   # LIMIT=k: every row on the same seeded k + k prompts
              endorm eval --scaling "$runs" --limit "${LIMIT:-441}" --seed 0 --output-dir "$out"
-             [[ -z ${LIMIT:-} ]] && mkdir -p docs/figures && mv "$out/scaling.png" docs/figures/scaling.png ;;
+             if [[ -z ${LIMIT:-} ]]; then mkdir -p docs/figures && mv "$out/scaling.png" docs/figures/scaling.png; fi ;;
   records)   step=$2; mkdir -p "records/study/$step"
              [[ $OUT/$step -ef records/study/$step ]] && { ls -l "records/study/$step"; exit 0; }
              for f in results.json variants.json; do
