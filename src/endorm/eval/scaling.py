@@ -178,9 +178,13 @@ def _by_model(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
     """Rows of the table, by model size: ``sum``, the default and the best judge of each model."""
+    return _rows(_by_model(runs), domains)
+
+
+def _rows(models: dict[str, dict[str, Any]], domains: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     default = default_variant().name
-    for model, m in _by_model(runs).items():
+    for model, m in models.items():
         figs = {form: row_figures(recs, domains, m["lengths"]) for form, (_, recs) in m["forms"].items()}
         judges = [j for j in JUDGES if j in figs and not math.isnan(figs[j]["avg"])]
         best = max(judges, key=lambda j: figs[j]["avg"]) if judges else None  # ties: the first in JUDGES
@@ -193,15 +197,16 @@ def scaling_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAIN
     return rows
 
 
-def paired_rows(runs: Sequence[dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
-    """Every other form of each model (``sum``, each judge) against its default on the prompts both scored:
+def paired_rows(models: dict[str, dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
+    """Every other form of each model (``models``: the runs grouped by ``_by_model``; ``sum``, each judge)
+    against its default on the prompts both scored:
     the form's avg, the default's avg on those prompts, and the paired difference with its s.e.
     (``variants.paired_difference``: per domain the mean per-prompt difference, domains averaged)."""
     from endorm.eval.variants import paired_difference
 
     default = default_variant().name
     out = []
-    for model, m in _by_model(runs).items():
+    for model, m in models.items():
         if default not in m["forms"]:
             continue
         ref = [r for r in m["forms"][default][1] if r["domain"] in domains]
@@ -319,14 +324,14 @@ def write(run_dirs: Sequence[str | Path], out_dir: str | Path, domains: Sequence
     ``ids``: count only these items (the seeded ``--limit`` subset)."""
     if not run_dirs:
         raise ValueError("--scaling: give at least one run directory")
-    runs = [read_run(d, ids) for d in run_dirs]
-    rows = scaling_rows(runs, domains)
+    models = _by_model([read_run(d, ids) for d in run_dirs])  # group once; both tables read it
+    rows = _rows(models, domains)
     if not rows:
         raise ValueError("--scaling: no sum, default or judge records in " + ", ".join(map(str, run_dirs)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "scaling.json", "table": out / "scaling.md"}
-    paired = paired_rows(runs, domains)
+    paired = paired_rows(models, domains)
     doc = {"command": command, "runs": [str(d) for d in run_dirs], "domains": list(domains), "rows": rows,
            "paired_vs_default": paired, "paper": PAPER_7B}
     paths["json"].write_text(json.dumps(_nan_to_none(doc), indent=1) + "\n")
