@@ -193,6 +193,37 @@ def test_paired_table_equals_the_per_prompt_differences_by_hand(runs):
             f"{p['minus_default']:.1f} ± {p['minus_default_se']:.1f} | 5 / 5 |") in (out / "scaling.md").read_text()
 
 
+def test_across_sizes_table_equals_the_per_prompt_differences_by_hand(runs):
+    tmp, sizes = runs
+    out = tmp / "scaling-steps"
+    assert main(["eval", "--scaling", ",".join(str(tmp / n) for n in ("small", "large-endorm", "large-judge")),
+                 "--output-dir", str(out), "--plot", "false"]) == 0
+    doc = json.loads((out / "scaling.json").read_text())
+    steps = {s["form"]: s for s in doc["across_sizes"]}
+    assert [(s["form"], s["smaller"], s["larger"]) for s in doc["across_sizes"]] == [
+        ("sum", "small", "large"), ("discounted@0.93", "small", "large")]  # judges are not stepped
+    for form, gamma in (("sum", 1.0), ("discounted@0.93", 0.93)):
+        acc = {}
+        for model, run_dir in (("small", tmp / "small"), ("large", tmp / "large-endorm")):
+            recs, margins, _ = _endorm_by_hand(run_dir, gamma)
+            acc[model] = {r["id"]: (r["domain"], sum(m > 0 for _, _, m in margins(r)) / 9) for r in recs}
+        diffs = {d: [100 * (acc["large"][i][1] - a) for i, (dom, a) in acc["small"].items() if dom == d]
+                 for d in ("chat", "safety")}
+        means = [sum(v) / len(v) for v in diffs.values()]
+        ses = [math.sqrt(sum((x - mu) ** 2 for x in v) / (len(v) - 1) / len(v))
+               for v, mu in zip(diffs.values(), means, strict=True)]
+        s = steps[form]
+        assert s["larger_minus_smaller"] == pytest.approx(sum(means) / 2, abs=1e-9)
+        assert s["larger_minus_smaller_se"] == pytest.approx(math.hypot(*ses) / 2, abs=1e-9)
+        assert s["larger_minus_smaller"] == pytest.approx(s["larger_avg"] - s["smaller_avg"], abs=1e-9)
+        assert (s["smaller_params"], s["larger_params"]) == (sizes["small"], sizes["large"])
+        assert s["n_paired"] == 10 and s["n"] == {"chat": 5, "safety": 5}
+    s = steps["discounted@0.93"]
+    assert (f"| discounted@0.93 | small | large | {s['smaller_avg']:.1f} | {s['larger_avg']:.1f} | "
+            f"{s['larger_minus_smaller']:.1f} ± {s['larger_minus_smaller_se']:.1f} | 5 / 5 |"
+            ) in (out / "scaling.md").read_text()
+
+
 def test_scaling_errors_name_the_run(runs, tmp_path):
     tmp, _ = runs
     with pytest.raises(ValueError, match="large's sum is in two runs"):

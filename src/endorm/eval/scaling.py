@@ -17,7 +17,9 @@ reference point; it publishes no shorter-wins share.
 
 A second table sets every other form of a model (``sum`` and each judge, not just the best) against its
 default on the prompts both scored: the paired difference of accuracies and its s.e. (the judges' comparison
-with the default is paired, so it is far tighter than the rows' separate error bars suggest).
+with the default is paired, so it is far tighter than the rows' separate error bars suggest). A third table
+sets each model against the next smaller one under the same form (``sum``, the default), on the prompts both
+scored: whether a form gains with size, with the paired s.e. (the two models rank the same comparisons).
 
 With ``--limit k`` (and ``--seed``, ``--data``) only the prompts of the seeded ``--limit k`` subset count, so
 every model is compared on the same prompts where its runs cover them. Simplifications: without it, a model's
@@ -27,6 +29,7 @@ same prompt, so a judge's shorter-wins share needs an ``endorm`` run of that mod
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -227,6 +230,31 @@ def paired_rows(models: dict[str, dict[str, Any]], domains: Sequence[str] = DOMA
     return out
 
 
+def size_steps(models: dict[str, dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
+    """Each model minus the next smaller model that has the same form (``sum``, the default; ``models`` as
+    ``_by_model`` gives them, smallest first), on the prompts both scored: the two avgs on those prompts and
+    the paired difference with its s.e. (``variants.paired_difference``)."""
+    from endorm.eval.variants import paired_difference
+
+    out = []
+    for form in ("sum", default_variant().name):
+        have = [(name, m) for name, m in models.items() if form in m["forms"]]
+        for (small, ms), (large, ml) in itertools.pairwise(have):
+            ref = [r for r in ms["forms"][form][1] if r["domain"] in domains]
+            ids = {r["id"] for r in ref} & {r["id"] for r in ml["forms"][form][1] if r["domain"] in domains}
+            lo = [r for r in ref if r["id"] in ids]
+            hi = [r for r in ml["forms"][form][1] if r["id"] in ids]
+            if {r["domain"] for r in hi} != set(domains):
+                continue  # a domain with no common prompt: no average to pair
+            d, se, n = paired_difference(hi, lo)
+            out.append({"form": form, "smaller": small, "larger": large, "smaller_params": ms["params"],
+                        "larger_params": ml["params"], "smaller_avg": row_figures(lo, domains, {})["avg"],
+                        "larger_avg": row_figures(hi, domains, {})["avg"], "larger_minus_smaller": d,
+                        "larger_minus_smaller_se": se, "n": {dom: sum(r["domain"] == dom for r in hi)
+                                                             for dom in domains}, "n_paired": n})
+    return out
+
+
 # -- outputs --------------------------------------------------------------------------------------------
 def params_label(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -273,6 +301,19 @@ def paired_markdown(paired: Sequence[dict[str, Any]], domains: Sequence[str]) ->
                      f"{_f(p['minus_default'])} ± {_f(p['minus_default_se'])} | {n} |")
     return ("\n".join(lines) + "\n\nPaired: per domain, the mean over the prompts both forms scored of the "
             "difference of the prompts' accuracies; the domains averaged (s.e. combined as for avg).\n")
+
+
+def steps_markdown(steps: Sequence[dict[str, Any]], domains: Sequence[str]) -> str:
+    """Each model against the next smaller one, same form, same prompts."""
+    lines = ["| form | smaller model | larger model | smaller: avg | larger: avg | larger minus smaller, paired "
+             "± s.e. | n prompts (" + " / ".join(domains) + ") |", "|---|---|---|---|---|---|---|"]
+    for s in steps:
+        n = " / ".join(str(s["n"][d]) for d in domains)
+        lines.append(f"| {s['form']} | {s['smaller']} | {s['larger']} | {_f(s['smaller_avg'])} | "
+                     f"{_f(s['larger_avg'])} | {_f(s['larger_minus_smaller'])} ± {_f(s['larger_minus_smaller_se'])} "
+                     f"| {n} |")
+    return ("\n".join(lines) + "\n\nAcross sizes: the same form of two models on the prompts both scored, paired by "
+            "prompt as above.\n")
 
 
 def plot(rows: Sequence[dict[str, Any]], domains: Sequence[str], path: str | Path) -> None:
@@ -332,12 +373,15 @@ def write(run_dirs: Sequence[str | Path], out_dir: str | Path, domains: Sequence
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "scaling.json", "table": out / "scaling.md"}
     paired = paired_rows(models, domains)
+    steps = size_steps(models, domains)
     doc = {"command": command, "runs": [str(d) for d in run_dirs], "domains": list(domains), "rows": rows,
-           "paired_vs_default": paired, "paper": PAPER_7B}
+           "paired_vs_default": paired, "across_sizes": steps, "paper": PAPER_7B}
     paths["json"].write_text(json.dumps(_nan_to_none(doc), indent=1) + "\n")
     table = markdown(rows, domains)
     if paired:
         table += "\n" + paired_markdown(paired, domains)
+    if steps:
+        table += "\n" + steps_markdown(steps, domains)
     paths["table"].write_text(table)
     if make_plot:
         paths["plot"] = out / "scaling.png"
