@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -299,11 +300,13 @@ GSM_ROWS = [{"question": f"What is {i} plus {i + 1}?", "answer": f"{i}+{i + 1}={
 
 
 def curve_rows(path: Path) -> list[dict[str, str]]:
+    # one read, then parse: csv on an open file that the trainer appends to can see the header missing and a
+    # row present (a TypeError inside csv.DictReader)
     try:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        text = path.read_text()
     except FileNotFoundError:
         return []
+    return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
 def train_case(work: Path, model: str, seed: int, max_steps: int = 30, save_steps: int = 3, kills: int = 1,

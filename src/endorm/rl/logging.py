@@ -13,6 +13,7 @@ each reward function's value, the group advantage), so a step's reward can be ch
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from endorm.io import replace_file
 from endorm.rl.rewards import completion_text  # the text the rewards grade
 
 __all__ = ["CurveLogger", "CompletionLog", "completion_rows", "plot_curves", "read_curves", "CURVE_COLUMNS"]
@@ -82,8 +84,7 @@ class CurveLogger(TrainerCallback):
         if self._columns is None:
             extra = sorted(c for c in row if c not in CURVE_COLUMNS)
             self._columns = CURVE_COLUMNS + extra
-            with self.csv_path.open("w", newline="") as f:
-                csv.writer(f).writerow(self._columns)
+            _replace_rows(self.csv_path, [self._columns])  # atomic: a reader or a kill never sees it half-made
         with self.csv_path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c)) for c in self._columns])
         self._rows += 1
@@ -98,12 +99,18 @@ class CurveLogger(TrainerCallback):
             return
         keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) < step]
         if len(keep) != len(rows):
-            with self.csv_path.open("w", newline="") as f:
-                csv.writer(f).writerows(keep)
+            _replace_rows(self.csv_path, keep)  # atomic: a kill here keeps every finished row
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.csv_path.exists():
             plot_curves({self.title or "run": self.csv_path}, self.png_path)
+
+
+def _replace_rows(path: Path, rows: Sequence[Sequence[Any]]) -> None:
+    # truncating in place would leave an empty curves.csv to a kill (or a reader) between truncate and write
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    replace_file(path, buf.getvalue())
 
 
 def _prompt_text(x: Any) -> str:
