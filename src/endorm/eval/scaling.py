@@ -39,7 +39,7 @@ from typing import Any
 from endorm.eval import metrics as M
 from endorm.eval.harness import read_records
 from endorm.eval.report import _f, _nan_to_none
-from endorm.eval.variants import Variant, primary, shorter_counts, variant_records
+from endorm.eval.variants import Variant, paired_difference, primary, shorter_counts, variant_records
 from endorm.reward_model import RewardConfig
 
 DOMAINS = ("chat", "safety")
@@ -200,33 +200,42 @@ def _rows(models: dict[str, dict[str, Any]], domains: Sequence[str]) -> list[dic
     return rows
 
 
+def _on_common_prompts(recs: Sequence[dict[str, Any]], ref: Sequence[dict[str, Any]],
+                       domains: Sequence[str]) -> dict[str, Any] | None:
+    """``recs`` against ``ref`` on the prompts of ``domains`` both scored: each one's row figures there and the
+    paired difference (``variants.paired_difference``); None when a domain has no common prompt (no average
+    to pair)."""
+    ids = {r["id"] for r in recs if r["domain"] in domains} & {r["id"] for r in ref if r["domain"] in domains}
+    mine = [r for r in recs if r["id"] in ids]
+    theirs = [r for r in ref if r["id"] in ids]
+    if {r["domain"] for r in mine} != set(domains):
+        return None
+    d, se, n = paired_difference(mine, theirs)
+    return {"mine": row_figures(mine, domains, {}), "ref": row_figures(theirs, domains, {}), "diff": d,
+            "diff_se": se, "n_paired": n}
+
+
 def paired_rows(models: dict[str, dict[str, Any]], domains: Sequence[str] = DOMAINS) -> list[dict[str, Any]]:
     """Every other form of each model (``models``: the runs grouped by ``_by_model``; ``sum``, each judge)
     against its default on the prompts both scored:
     the form's avg, the default's avg on those prompts, and the paired difference with its s.e.
     (``variants.paired_difference``: per domain the mean per-prompt difference, domains averaged)."""
-    from endorm.eval.variants import paired_difference
-
     default = default_variant().name
     out = []
     for model, m in models.items():
         if default not in m["forms"]:
             continue
-        ref = [r for r in m["forms"][default][1] if r["domain"] in domains]
         for form in ("sum", *JUDGES):
             if form not in m["forms"]:
                 continue
-            recs = [r for r in m["forms"][form][1] if r["domain"] in domains]
-            ids = {r["id"] for r in recs} & {r["id"] for r in ref}
-            both = [r for r in recs if r["id"] in ids]
-            if {r["domain"] for r in both} != set(domains):
-                continue  # a domain with no common prompt: no average to pair
-            d, se, n = paired_difference(both, ref)
-            mine = row_figures(both, domains, {})
-            theirs = row_figures([r for r in ref if r["id"] in ids], domains, {})
+            c = _on_common_prompts(m["forms"][form][1], m["forms"][default][1], domains)
+            if c is None:
+                continue
+            mine = c["mine"]
             out.append({"model": model, "params": m["params"], "form": form, "n": {
                 dom: mine["domains"][dom]["n"] for dom in domains}, "avg": mine["avg"], "avg_se": mine["avg_se"],
-                "default_avg": theirs["avg"], "minus_default": d, "minus_default_se": se, "n_paired": n})
+                "default_avg": c["ref"]["avg"], "minus_default": c["diff"], "minus_default_se": c["diff_se"],
+                "n_paired": c["n_paired"]})
     return out
 
 
@@ -234,24 +243,17 @@ def size_steps(models: dict[str, dict[str, Any]], domains: Sequence[str] = DOMAI
     """Each model minus the next smaller model that has the same form (``sum``, the default; ``models`` as
     ``_by_model`` gives them, smallest first), on the prompts both scored: the two avgs on those prompts and
     the paired difference with its s.e. (``variants.paired_difference``)."""
-    from endorm.eval.variants import paired_difference
-
     out = []
     for form in ("sum", default_variant().name):
         have = [(name, m) for name, m in models.items() if form in m["forms"]]
         for (small, ms), (large, ml) in itertools.pairwise(have):
-            ref = [r for r in ms["forms"][form][1] if r["domain"] in domains]
-            ids = {r["id"] for r in ref} & {r["id"] for r in ml["forms"][form][1] if r["domain"] in domains}
-            lo = [r for r in ref if r["id"] in ids]
-            hi = [r for r in ml["forms"][form][1] if r["id"] in ids]
-            if {r["domain"] for r in hi} != set(domains):
-                continue  # a domain with no common prompt: no average to pair
-            d, se, n = paired_difference(hi, lo)
+            c = _on_common_prompts(ml["forms"][form][1], ms["forms"][form][1], domains)
+            if c is None:
+                continue
             out.append({"form": form, "smaller": small, "larger": large, "smaller_params": ms["params"],
-                        "larger_params": ml["params"], "smaller_avg": row_figures(lo, domains, {})["avg"],
-                        "larger_avg": row_figures(hi, domains, {})["avg"], "larger_minus_smaller": d,
-                        "larger_minus_smaller_se": se, "n": {dom: sum(r["domain"] == dom for r in hi)
-                                                             for dom in domains}, "n_paired": n})
+                        "larger_params": ml["params"], "smaller_avg": c["ref"]["avg"], "larger_avg": c["mine"]["avg"],
+                        "larger_minus_smaller": c["diff"], "larger_minus_smaller_se": c["diff_se"],
+                        "n": {dom: c["mine"]["domains"][dom]["n"] for dom in domains}, "n_paired": c["n_paired"]})
     return out
 
 
