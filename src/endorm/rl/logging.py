@@ -60,13 +60,13 @@ class CurveLogger(TrainerCallback):
         self.dir.mkdir(parents=True, exist_ok=True)
         self._t0 = time.time()
         if self.csv_path.exists():
-            with self.csv_path.open() as f:
-                header = next(csv.reader(f), None)
-                self._columns = header
-                if header:
-                    last = list(csv.DictReader(self.csv_path.open()))
-                    if last and last[-1].get("elapsed_s"):
-                        self._t0 -= float(last[-1]["elapsed_s"])  # a resumed run continues the clock
+            with self.csv_path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            self._columns = rows[0] if rows and rows[0] else None
+            if self._columns and len(rows) > 1:
+                last = dict(zip(self._columns, rows[-1], strict=False))
+                if last.get("elapsed_s"):
+                    self._t0 -= float(last["elapsed_s"])  # a resumed run continues the clock
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "reward" not in logs:  # the final train summary has no reward
