@@ -84,12 +84,14 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
     tok.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "eval"
     rc = main(["math-eval", "--models", str(tmp_path / "tiny"), "--benchmarks", "gsm8k,amc23", "--limit", "3",
-               "--max_new_tokens", "4", "--output_dir", str(out), "--temperature", "1.0", "--num_samples", "2"])
+               "--max_new_tokens", "4", "--output_dir", str(out), "--temperature", "1.0", "--num_samples", "3"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "GSM8K" in printed and "AMC" in printed and "Avg." in printed
     # with N > 1 the headline accuracy is labelled as the first sample's, not mistaken for a best-of-N figure
     assert printed.count("(first sample of each problem)") == 2 and "accuracy of the first sample" in printed
+    # N = 3 has pass@1 and pass@2; the second table is pass@2 and its label says so (it once printed "pass@1:")
+    assert "\npass@2:\n" in printed and "pass@1:" not in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiny"]["gsm8k"]["n"] == 3 and "pass@2" in summary["tiny"]["gsm8k"]
     # a second model into the same folder joins the summary instead of replacing it
@@ -107,7 +109,7 @@ def test_generation_and_math_eval_cli(tmp_path, capsys):
     again = json.loads((out / "summary.json").read_text())["tiny2"]["gsm8k"]
     assert again["n"] == 2 and again["seconds"] == pytest.approx(first["seconds"] + again["seconds_this_run"], abs=0.11)
     rows = (out / "tiny" / "gsm8k.jsonl").read_text().splitlines()
-    assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 2
+    assert len(rows) == 3 and len(json.loads(rows[0])["completions"]) == 3
     for r in map(json.loads, rows):  # each completion's verdict and the grader that gave it
-        assert len(r["correct"]) == len(r["graders"]) == 2
+        assert len(r["correct"]) == len(r["graders"]) == 3
         assert set(r["graders"]) <= {"math-verify", "fallback", "none"}

@@ -333,14 +333,13 @@ def run(config: Config) -> int:
         del model, sampler
     write_summary(out_root / "summary.json", summary)
     print()
-    if config.num_samples > 1:
+    if config.num_samples == 1:
+        print(format_table(summary, benchmarks))
+    else:
         print("accuracy of the first sample of each problem:")
-    print(format_table(summary, benchmarks))
-    if config.num_samples > 1:
+        print(format_table(summary, benchmarks))
+        top = 1 << (config.num_samples.bit_length() - 1)  # the largest power of two <= N: the pass@k computed
         print()
-        print(f"pass@{config.num_samples if config.num_samples & (config.num_samples - 1) == 0 else 1}:")
-        top = 1
-        while top * 2 <= config.num_samples:
-            top *= 2
+        print(f"pass@{top}:")
         print(format_table(summary, benchmarks, metric=f"pass@{top}"))
     return 0
