@@ -66,6 +66,21 @@ def test_pass_at_k_and_wilson():
     assert math.isclose(sum(wilson_interval(5, 10)), 1.0)
 
 
+def test_pass_at_k_table_takes_k_from_the_cells():
+    from endorm.mathx.cli import common_pass_at_k, format_table
+
+    cell = {"n": 2, "correct": 1, "accuracy": 0.5}
+    summary = {"a": {"gsm8k": {**cell, "pass@1": 0.5, "pass@2": 0.75, "pass@4": 1.0}},
+               "b": {"gsm8k": {**cell, "pass@1": 0.5, "pass@2": 0.5}}}
+    # a folder holding an N = 4 run and an N = 2 run: the only pass@k both hold is pass@2
+    assert common_pass_at_k(summary) == 2
+    assert common_pass_at_k({"a": {"gsm8k": cell}}) is None  # one sample: no pass@k table
+    # a cell without the metric prints "-", never its accuracy under the pass@k label
+    lines = format_table({"a": {"gsm8k": {**cell, "pass@4": 1.0}}, "b": {"gsm8k": cell}}, ["gsm8k"], metric="pass@4")
+    assert lines.splitlines()[1].split()[1:] == ["100.0", "100.0"]
+    assert lines.splitlines()[2].split()[1] == "-"
+
+
 def test_generation_and_math_eval_cli(tmp_path, capsys):
     from endorm.cli import main
     from endorm.testing import tiny_model_and_tokenizer

@@ -124,14 +124,25 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def common_pass_at_k(summary: dict[str, dict[str, dict[str, Any]]]) -> int | None:
+    """The largest k whose pass@k every (model, benchmark) cell of ``summary`` holds, or None.
+
+    ``summarize`` builds the pass@k keys from each file's records (a folder may hold runs of different N), so
+    the table's k comes from the cells themselves, not from this run's --num_samples."""
+    ks = [{int(key[5:]) for key in cell if key.startswith("pass@")} for per in summary.values() for cell in per.values()]
+    common = set.intersection(*ks) if ks else set()
+    return max(common) if common else None
+
+
 def format_table(summary: dict[str, dict[str, dict[str, Any]]], benchmarks: list[str], metric: str = "accuracy") -> str:
     """Rows = models, columns = benchmarks then the average (percent), as in the paper's Table 3."""
     cols = [_COLUMN_NAMES.get(b, b) for b in benchmarks] + ["Avg."]
     width = max(12, *(len(m) for m in summary)) if summary else 12
     lines = [f"{'Model':<{width}} " + " ".join(f"{c:>13}" for c in cols)]
     for model, per in summary.items():
-        vals = [100 * per[b].get(metric, per[b]["accuracy"]) for b in benchmarks if b in per]
-        cells = [f"{100 * per[b].get(metric, per[b]['accuracy']):13.1f}" if b in per else f"{'-':>13}" for b in benchmarks]
+        # a cell without the metric prints "-": falling back to accuracy would put it under another label
+        vals = [100 * per[b][metric] for b in benchmarks if metric in per.get(b, {})]
+        cells = [f"{100 * per[b][metric]:13.1f}" if metric in per.get(b, {}) else f"{'-':>13}" for b in benchmarks]
         avg = sum(vals) / len(vals) if vals else float("nan")
         lines.append(f"{model:<{width}} " + " ".join(cells) + f" {avg:13.1f}")
     return "\n".join(lines)
@@ -338,8 +349,9 @@ def run(config: Config) -> int:
     else:
         print("accuracy of the first sample of each problem:")
         print(format_table(summary, benchmarks))
-        top = 1 << (config.num_samples.bit_length() - 1)  # the largest power of two <= N: the pass@k computed
-        print()
-        print(f"pass@{top}:")
-        print(format_table(summary, benchmarks, metric=f"pass@{top}"))
+        top = common_pass_at_k(summary)
+        if top is not None:
+            print()
+            print(f"pass@{top}:")
+            print(format_table(summary, benchmarks, metric=f"pass@{top}"))
     return 0
