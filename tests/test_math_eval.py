@@ -73,8 +73,10 @@ def test_pass_at_k_table_takes_k_from_the_cells():
     summary = {"a": {"gsm8k": {**cell, "pass@1": 0.5, "pass@2": 0.75, "pass@4": 1.0}},
                "b": {"gsm8k": {**cell, "pass@1": 0.5, "pass@2": 0.5}}}
     # a folder holding an N = 4 run and an N = 2 run: the only pass@k both hold is pass@2
-    assert common_pass_at_k(summary) == 2
-    assert common_pass_at_k({"a": {"gsm8k": cell}}) is None  # one sample: no pass@k table
+    assert common_pass_at_k(summary, ["gsm8k"]) == 2
+    assert common_pass_at_k({"a": {"gsm8k": cell}}, ["gsm8k"]) is None  # one sample: no pass@k table
+    # an earlier single-sample run of another benchmark in the folder does not hide this run's table
+    assert common_pass_at_k({"a": {"gsm8k": summary["a"]["gsm8k"], "amc23": cell}}, ["gsm8k"]) == 4
     # a cell without the metric prints "-", never its accuracy under the pass@k label
     lines = format_table({"a": {"gsm8k": {**cell, "pass@4": 1.0}}, "b": {"gsm8k": cell}}, ["gsm8k"], metric="pass@4")
     assert lines.splitlines()[1].split()[1:] == ["100.0", "100.0"]

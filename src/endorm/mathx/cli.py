@@ -124,12 +124,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def common_pass_at_k(summary: dict[str, dict[str, dict[str, Any]]]) -> int | None:
-    """The largest k whose pass@k every (model, benchmark) cell of ``summary`` holds, or None.
+def common_pass_at_k(summary: dict[str, dict[str, dict[str, Any]]], benchmarks: list[str]) -> int | None:
+    """The largest k whose pass@k every (model, benchmark) cell of the table holds, or None.
 
     ``summarize`` builds the pass@k keys from each file's records (a folder may hold runs of different N), so
     the table's k comes from the cells themselves, not from this run's --num_samples."""
-    ks = [{int(key[5:]) for key in cell if key.startswith("pass@")} for per in summary.values() for cell in per.values()]
+    # only the cells the table shows: the folder's summary may hold other benchmarks from earlier runs
+    cells = [per[b] for per in summary.values() for b in benchmarks if b in per]
+    ks = [{int(key[5:]) for key in cell if key.startswith("pass@")} for cell in cells]
     common = set.intersection(*ks) if ks else set()
     return max(common) if common else None
 
@@ -349,7 +351,7 @@ def run(config: Config) -> int:
     else:
         print("accuracy of the first sample of each problem:")
         print(format_table(summary, benchmarks))
-        top = common_pass_at_k(summary)
+        top = common_pass_at_k(summary, benchmarks)
         if top is not None:
             print()
             print(f"pass@{top}:")
