@@ -225,6 +225,37 @@ def test_summarize_refuses_scores_out_of_order():
         summarize(records, scores, ["sum"])
 
 
+def test_subset_summary_equals_summarize_on_the_kept_problems(tmp_path):
+    """benchmarks/bestofn_subset.py (one model's run on another run's problems) is summarize() on those rows,
+    in the run's order, and refuses a problem the run does not hold."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bestofn_subset.py"
+    spec = importlib.util.spec_from_file_location("bestofn_subset", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    records, scores = _fake()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "gsm8k.scores.jsonl").write_text(
+        "".join(json.dumps({"id": s["id"], "scores": {k: v for k, v in s.items() if k != "id"}}) + "\n"
+                for s in scores))
+    keep = [records[i]["id"] for i in (7, 2, 5, 9, 0)]
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text("".join(json.dumps({"id": i}) + "\n" for i in keep))
+    got = mod.main(["--run", str(run), "--ids_from", str(ids)])
+    idx = [i for i, r in enumerate(records) if r["id"] in keep]
+    want = summarize([records[i] for i in idx], [scores[i] for i in idx], list(ENDOGENOUS_FORMS))
+    assert got["splits"]["all"]["baselines"]["n"] == 5
+    for f in ENDOGENOUS_FORMS:
+        assert got["splits"]["all"]["forms"][f]["best_of_n"] == want["splits"]["all"]["forms"][f]["best_of_n"]
+    ids.write_text(json.dumps({"id": "not-in-the-run"}) + "\n")
+    with pytest.raises(SystemExit, match="not-in-the-run"):
+        mod.main(["--run", str(run), "--ids_from", str(ids)])
+
+
 # ---------------------------------------------------------------- the scorer on the tiny model
 
 
