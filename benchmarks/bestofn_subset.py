@@ -15,11 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
+from endorm.io import read_jsonl
 from endorm.mathx.bestofn import format_summary, summarize
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # endorm's reader: a malformed line raises an error naming the file and line
+    return [row for _, row in read_jsonl(path)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, help="write the summary here")
     a = p.parse_args(argv)
     keep = {r["id"] for r in _jsonl(a.ids_from)}
+    if not keep:
+        raise SystemExit(f"{a.ids_from} holds no problems")
     records = _jsonl(a.run / f"{a.bench}.jsonl")
     scores = {s["id"]: s["scores"] for s in _jsonl(a.run / f"{a.bench}.scores.jsonl")}
     missing = keep - {r["id"] for r in records}
